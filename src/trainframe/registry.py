@@ -1,0 +1,95 @@
+"""Name -> component registries, filled by the ``trainframe_register`` hook.
+
+Every component (built-in or third-party) is registered the same way::
+
+    @trainframe.hookimpl
+    def trainframe_register(registry):
+        registry.add("schedule", "linear", build_linear, LinearConfig, help="linear decay")
+
+A component's factory receives its validated config model first; what else it receives depends
+on the kind and is documented in docs/plugins.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from trainframe.config import ComponentConfig
+from trainframe.errors import UserError
+
+KINDS = ("dataset", "tokenizer", "model", "optimizer", "schedule", "phases", "logger", "callback")
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    config: type[ComponentConfig]
+    plugin: str
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command. ``name`` may have several words (``"tokenizer check"``) for nested commands."""
+
+    name: str
+    run: Callable[[argparse.Namespace], int | None]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    help: str = ""
+    plugin: str = ""
+
+
+def closest(name: str, choices) -> str:
+    """' (did you mean X?)' when a close match exists, else ''."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+@dataclass
+class Registry:
+    components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    commands: dict[str, Command] = field(default_factory=dict)
+    current_plugin: str = "trainframe"
+
+    def add(
+        self,
+        kind: str,
+        name: str,
+        factory: Callable[..., Any],
+        config: type[ComponentConfig] = ComponentConfig,
+        help: str = "",
+    ) -> None:
+        if kind not in self.components:
+            raise ValueError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if not (isinstance(config, type) and issubclass(config, ComponentConfig)):
+            raise TypeError(f"{kind} {name!r}: config must subclass trainframe.config.ComponentConfig")
+        if name in self.components[kind]:
+            other = self.components[kind][name].plugin
+            raise ValueError(f"{kind} {name!r} is registered twice (by {other} and {self.current_plugin})")
+        self.components[kind][name] = Component(kind, name, factory, config, self.current_plugin, help)
+
+    def add_command(
+        self,
+        name: str,
+        run: Callable[[argparse.Namespace], int | None],
+        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        help: str = "",
+    ) -> None:
+        if name in self.commands:
+            raise ValueError(f"command {name!r} is registered twice")
+        self.commands[name] = Command(name, run, add_arguments, help, self.current_plugin)
+
+    def get(self, kind: str, name: str) -> Component:
+        table = self.components[kind]
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise UserError(f"unknown {kind} '{name}'{closest(name, table)}; registered: {known}")
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
