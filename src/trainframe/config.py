@@ -1,8 +1,361 @@
-"""Placeholder: replaced by the full config module."""
-from pydantic import BaseModel, ConfigDict
+"""Run configuration: YAML files with ``extends:``, dotted overrides, pydantic validation.
+
+A run config has core sections validated here (``trainer``, ``seed``, ``name``) and component
+sections (``model``, ``tokenizer``, ``data``, ``optim``, ``schedule``, ``phases``, ``loggers``,
+``callbacks``) whose ``name`` picks a registered component; the rest of the section is validated
+by that component's own config model. Every problem is reported as one line::
+
+    configs/x.yaml: optim.lr: expected a number > 0, got 'fast'
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trainframe.errors import UserError
+
+if TYPE_CHECKING:
+    from trainframe.registry import Registry
 
 
 class ComponentConfig(BaseModel):
     """Base of every component's config model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(1000, gt=0)
+    batch_size: int = Field(8, gt=0, description="sequences per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null disables")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool | None = Field(None, description="torch.compile the model; null = on for CUDA")
+    eval_every: int = Field(200, ge=0, description="steps between evals; 0 = only at the end")
+    eval_batches: int = Field(20, gt=0)
+    log_every: int = Field(10, gt=0)
+    save_every: int = Field(500, ge=0, description="steps between checkpoints; 0 = only at the end")
+    keep_last: int = Field(3, gt=0, description="step checkpoints kept (best is kept apart)")
+    max_bad_steps: int = Field(5, gt=0, description="consecutive NaN/Inf steps that stop the run")
+    sample_prompt: str = "\n"
+    sample_tokens: int = Field(200, ge=0, description="tokens sampled at the end; 0 disables")
+    sample_temperature: float = Field(0.8, ge=0)
+    sample_top_k: int | None = Field(50, gt=0)
+
+
+class RunConfig(BaseModel):
+    """The resolved run config. Component sections hold validated component config models."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: str = "run"
+    seed: int = 1337
+    trainer: TrainerConfig = TrainerConfig()
+    model: dict[str, Any]
+    tokenizer: dict[str, Any]
+    data: dict[str, Any]
+    optim: dict[str, Any] = {"name": "adamw"}
+    schedule: dict[str, Any] = {"name": "constant"}
+    phases: dict[str, Any] = {"name": "full"}
+    loggers: list[dict[str, Any]] = [{"name": "jsonl"}, {"name": "tensorboard"}, {"name": "console"}]
+    callbacks: list[dict[str, Any]] = []
+
+    # Filled by ``resolve``: section -> validated component config (a ComponentConfig instance).
+    components: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    def component(self, section: str) -> tuple[str, ComponentConfig]:
+        """(name, validated config) of a single-component section."""
+        return getattr(self, section)["name"], self.components[section]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+SINGLE_SECTIONS = {"model": "model", "tokenizer": "tokenizer", "data": "dataset", "optim": "optimizer",
+                   "schedule": "schedule", "phases": "phases"}
+LIST_SECTIONS = {"loggers": "logger", "callbacks": "callback"}
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read config: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config keys at the top, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, over: dict, origins: dict, source: str, prefix=()) -> dict:
+    """Deep-merge ``over`` onto ``base`` (mappings merge, everything else replaces); track origins."""
+    out = dict(base)
+    for key, value in over.items():
+        path = prefix + (str(key),)
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, origins, source, path)
+        else:
+            out[key] = value
+            # Everything under a replaced path now comes from ``source``.
+            for p in [p for p in origins if p[: len(path)] == path]:
+                del origins[p]
+            origins[path] = source
+    return out
+
+
+def load_raw(path: str | Path, _seen: tuple = ()) -> tuple[dict, dict]:
+    """Read a config file and everything it ``extends`` (paths relative to the file).
+
+    Returns (data, origins) where origins maps key paths to the file that set them.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise UserError(f"{path}: extends: circular chain {chain}")
+    data = _read_yaml(path)
+    parents = data.pop("extends", None)
+    if parents is None:
+        parents = []
+    elif isinstance(parents, str):
+        parents = [parents]
+    elif not (isinstance(parents, list) and all(isinstance(p, str) for p in parents)):
+        raise UserError(f"{path}: extends: expected a path or a list of paths, got {parents!r}")
+    merged: dict = {}
+    origins: dict = {}
+    for parent in parents:
+        parent_path = path.parent / parent
+        if not parent_path.exists():
+            raise UserError(f"{path}: extends: file not found: {parent_path}")
+        pdata, porigins = load_raw(parent_path, (*_seen, resolved))
+        merged = _merge(merged, pdata, origins, str(parent_path))
+        # _merge recorded the parent file for leaves; keep the parents' own deeper origins.
+        origins.update(porigins)
+    merged = _merge(merged, data, origins, str(path))
+    return merged, origins
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override '{text}': expected KEY.PATH=VALUE")
+    key, _, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"override '{text}': empty key in '{key}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, origins: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise UserError(f"override '{text}': {'.'.join(parts[: i + 1])}: no list item {part}")
+                node = node[int(part)]
+                continue
+            if not isinstance(node.get(part), dict | list):
+                node[part] = {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise UserError(f"override '{text}': no list item {last}")
+            node[int(last)] = value
+        else:
+            node[last] = value
+        origins[tuple(parts)] = "command line"
+    return data
+
+
+# ------------------------------------------------------------------------------------- validation
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        text = yaml.safe_dump(value, default_flow_style=True).strip()
+        return text if len(text) < 60 else text[:57] + "..."
+    return str(value)
+
+
+def _constraints(model: type[BaseModel], loc: tuple) -> str:
+    """' > 0' style text for the numeric constraints of the field at ``loc``, if any."""
+    field = None
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return ""
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return ""
+        current = field.annotation
+    if field is None:
+        return ""
+    out = []
+    for meta in field.metadata:
+        for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            bound = getattr(meta, attr, None)
+            if bound is not None:
+                out.append(f"{sym} {bound}")
+    return (" " + " and ".join(out)) if out else ""
+
+
+def _error_text(err: dict, model: type[BaseModel], loc: tuple, valid_keys) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    got = f", got {_describe(value)}"
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else ""
+        match = difflib.get_close_matches(key, list(valid_keys), n=1, cutoff=0.5)
+        hint = f" (did you mean '{match[0]}'?)" if match else ""
+        return f"unknown key{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("float_parsing", "float_type", "greater_than", "greater_than_equal", "less_than",
+                "less_than_equal", "finite_number"):
+        return f"expected a number{_constraints(model, loc)}{got}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"expected an integer{_constraints(model, loc)}{got}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"expected true or false{got}"
+    if kind in ("string_type",):
+        return f"expected a string{got}"
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected', '')}{got}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping{got}"
+    if kind in ("list_type", "tuple_type"):
+        return f"expected a list{got}"
+    if kind in ("too_short", "too_long"):
+        return f"expected {ctx.get('min_length', ctx.get('max_length'))} items{got}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return f"{err['msg'][0].lower()}{err['msg'][1:]}{got}"
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    current: Any = model
+    for part in loc[:-1]:
+        field = current.model_fields.get(str(part)) if isinstance(current, type) else None
+        if field is None:
+            return []
+        current = field.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _source(origins: dict, path: tuple, default: str) -> str:
+    for n in range(len(path), 0, -1):
+        if tuple(str(p) for p in path[:n]) in origins:
+            return origins[tuple(str(p) for p in path[:n])]
+    return default
+
+
+def format_errors(exc: ValidationError, model: type[BaseModel], prefix: tuple, origins: dict,
+                  default_source: str, extra_keys=()) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        valid = [*_valid_keys(model, loc), *extra_keys] if len(loc) <= 1 else _valid_keys(model, loc)
+        path = prefix + loc
+        text = _error_text(err, model, loc, valid)
+        key = ".".join(str(p) for p in path) or "(top level)"
+        lines.append(f"{_source(origins, path, default_source)}: {key}: {text}")
+    return lines
+
+
+def _validate_component(registry: "Registry", kind: str, section: dict, prefix: tuple, origins: dict,
+                        source: str, errors: list[str]):
+    where = _source(origins, prefix, source)
+    key = ".".join(str(p) for p in prefix)
+    if not isinstance(section, dict):
+        errors.append(f"{where}: {key}: expected a mapping with a 'name' key, got {_describe(section)}")
+        return None
+    name = section.get("name")
+    if not isinstance(name, str):
+        errors.append(f"{where}: {key}.name: required: the name of a registered {kind}"
+                      f" ({', '.join(registry.names(kind)) or 'none registered'})")
+        return None
+    try:
+        component = registry.get(kind, name)
+    except UserError as e:
+        errors.append(f"{_source(origins, prefix + ('name',), source)}: {key}.name: {e}")
+        return None
+    body = {k: v for k, v in section.items() if k != "name"}
+    try:
+        return component.config.model_validate(body)
+    except ValidationError as e:
+        errors.extend(format_errors(e, component.config, prefix, origins, source, extra_keys=("name",)))
+        return None
+
+
+def resolve(data: dict, registry: "Registry", origins: dict | None = None, source: str = "config") -> RunConfig:
+    """Validate raw config data into a RunConfig; raise UserError listing every problem."""
+    origins = origins or {}
+    errors: list[str] = []
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        errors.extend(format_errors(e, RunConfig, (), origins, source))
+        cfg = None
+    # Validate component sections even when core keys failed, so one run reports every problem.
+    components: dict[str, Any] = {}
+    defaults = {k: f.get_default(call_default_factory=True)
+                for k, f in RunConfig.model_fields.items() if not f.is_required()}
+    raw = {**defaults, **data} if isinstance(data, dict) else {}
+    for section, kind in SINGLE_SECTIONS.items():
+        if section in raw:
+            components[section] = _validate_component(registry, kind, raw[section], (section,), origins,
+                                                      source, errors)
+    for section, kind in LIST_SECTIONS.items():
+        items = raw.get(section) or []
+        if isinstance(items, list):
+            components[section] = [
+                _validate_component(registry, kind, item, (section, i), origins, source, errors)
+                for i, item in enumerate(items)
+            ]
+    if errors:
+        raise UserError("\n".join(dict.fromkeys(errors)))
+    assert cfg is not None
+    cfg.components = components
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str], registry: "Registry") -> RunConfig:
+    data, origins = load_raw(path)
+    data = apply_overrides(data, origins, overrides)
+    return resolve(data, registry, origins, str(path))

@@ -1,0 +1,5 @@
+import sys
+
+from trainframe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""The built-in CLI commands, registered like any plugin's (see ``trainframe.builtin``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from trainframe import __version__
+from trainframe.config import load_config
+from trainframe.engine import checkpoint as ckpt
+from trainframe.errors import UserError
+
+
+def _plugins():
+    from trainframe.plugins import current
+
+    return current()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. trainer.max_steps=10 optim.lr=3e-4")
+
+
+# ------------------------------------------------------------------------------------------ train
+def train_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--run-dir", type=Path, help="where the run is written (default runs/NAME-TIMESTAMP)")
+
+
+def _describe_run(trainer) -> None:
+    model = trainer.model
+    mc = model.config
+    cfg = trainer.config
+    preset = f" preset {mc.preset}" if getattr(mc, "preset", None) else ""
+    print(f"model: {cfg.model['name']}{preset}, {mc.d_model}d x {mc.n_layer}L, context {mc.context}, "
+          f"vocab {mc.vocab_size}: {model.num_params() / 1e6:.2f}M parameters")
+    t = cfg.trainer
+    print(f"device: {trainer.device}, batch {t.batch_size} x accum {t.grad_accum} x context {mc.context}, "
+          f"{t.max_steps} steps; run dir {trainer.run_dir}", flush=True)
+
+
+def _fit(trainer) -> int:
+    from trainframe.engine.loop import TrainingStopped
+
+    try:
+        reason = trainer.fit()
+    except TrainingStopped as e:
+        print(f"trainframe: {e}", file=sys.stderr)
+        return 1
+    val = f", best val loss {trainer.best_val:.4f}" if trainer.best_val < float("inf") else ""
+    print(f"{'interrupted' if reason == 'interrupted' else 'finished'} at step {trainer.step}{val}; "
+          f"run dir {trainer.run_dir}")
+    return 130 if reason == "interrupted" else 0
+
+
+def train_main(args: argparse.Namespace) -> int:
+    from trainframe.engine.build import build_trainer
+    from trainframe.engine.loop import check_run_dir
+
+    plugins = _plugins()
+    cfg = load_config(args.config, args.overrides, plugins.registry)
+    run_dir = args.run_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if ckpt.step_checkpoints(run_dir / "checkpoints"):
+        raise UserError(f"{run_dir}: already holds a run; continue it with `trainframe resume {run_dir}` "
+                        "or choose another --run-dir")
+    trainer = build_trainer(cfg, plugins, run_dir)
+    check_run_dir(run_dir)
+    _write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    _describe_run(trainer)
+    return _fit(trainer)
+
+
+# ----------------------------------------------------------------------------------------- resume
+def resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, help="a run directory written by `trainframe train`")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="overrides, e.g. trainer.max_steps=20000 to continue a WSD run for longer")
+
+
+def resume_main(args: argparse.Namespace) -> int:
+    from trainframe.engine.build import build_trainer
+
+    plugins = _plugins()
+    config_file = args.run_dir / "config.yaml"
+    if not config_file.exists():
+        raise UserError(f"{args.run_dir}: not a run directory (no config.yaml)")
+    cfg = load_config(config_file, args.overrides, plugins.registry)
+    trainer = build_trainer(cfg, plugins, args.run_dir)
+    path, old_max = trainer.resume()
+    print(f"resuming from {path} at step {trainer.step}")
+    if old_max != cfg.trainer.max_steps:
+        name, schedule_cfg = cfg.component("schedule")
+        old = plugins.registry.get("schedule", name).factory(schedule_cfg, old_max)
+        print(f"trainer.max_steps changed from {old_max} to {cfg.trainer.max_steps}: the '{name}' schedule is "
+              f"recomputed for the new length; lr factor at step {trainer.step} was {old(trainer.step):.4f}, "
+              f"is now {trainer.schedule(trainer.step):.4f}")
+    if args.overrides:
+        _write_text_atomic(config_file, cfg.to_yaml())
+    if trainer.step >= trainer.max_steps:
+        print(f"the run is complete ({trainer.step} steps); raise trainer.max_steps to continue it")
+        return 0
+    _describe_run(trainer)
+    return _fit(trainer)
+
+
+# ----------------------------------------------------------------------------------------- config
+def config_show_main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides, _plugins().registry)
+    print(cfg.to_yaml(), end="")
+    return 0
+
+
+def config_validate_main(args: argparse.Namespace) -> int:
+    load_config(args.config, args.overrides, _plugins().registry)
+    print(f"{args.config}: valid")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- plugins
+def plugins_main(args: argparse.Namespace) -> int:
+    plugins = _plugins()
+    registry = plugins.registry
+    for info in plugins.info:
+        print(f"{info.name} {info.version} ({info.module}){'' if info.status == 'ok' else ': ' + info.status}")
+        for kind, table in registry.components.items():
+            names = sorted(n for n, c in table.items() if c.plugin == info.name)
+            if names:
+                print(f"  {kind}: {', '.join(names)}")
+        commands = sorted(n for n, c in registry.commands.items() if c.plugin == info.name)
+        if commands:
+            print(f"  command: {', '.join(commands)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- generate
+def generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, help="a run directory")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="latest", help="best, latest or a step number")
+    p.add_argument("--device", default="auto")
+
+
+def load_run_model(run_dir: Path, which: str = "latest", device: str = "auto"):
+    """(config, tokenizer, model in eval mode) from a run directory's config and checkpoint."""
+    from trainframe.engine.build import build_model, build_tokenizer, pick_device
+
+    plugins = _plugins()
+    config_file = run_dir / "config.yaml"
+    if not config_file.exists():
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg = load_config(config_file, [], plugins.registry)
+    path = ckpt.resolve_checkpoint(run_dir, which)
+    state = ckpt.load(path)
+    tokenizer = build_tokenizer(cfg, plugins)
+    model = build_model(cfg, plugins, tokenizer)
+    model.load_state_dict(state["model"])
+    return cfg, tokenizer, model.to(pick_device(device)).eval()
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    if args.max_tokens <= 0:
+        raise UserError(f"--max-tokens: expected a positive integer, got {args.max_tokens}")
+    cfg, tokenizer, model = load_run_model(args.run_dir, args.checkpoint, args.device)
+    device = next(model.parameters()).device
+    prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    idx = torch.tensor([prompt] * args.num_samples, device=device)
+    with torch.no_grad():
+        out = model.generate(idx, args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, eos_id=getattr(tokenizer, "eos_id", None), generator=gen)
+    for i, row in enumerate(out.tolist()):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        print(args.prompt + tokenizer.decode(row[len(prompt):]))
+    return 0
+
+
+def register_commands(registry) -> None:
+    registry.add_command("train", train_main, train_args, help="train a model from a YAML config")
+    registry.add_command("resume", resume_main, resume_args, help="continue a run from its newest good checkpoint")
+    registry.add_command("config show", config_show_main, _config_args, help="print the resolved config")
+    registry.add_command("config validate", config_validate_main, _config_args, help="check a config")
+    registry.add_command("plugins", plugins_main, help="list plugins, versions and what each registers")
+    registry.add_command("generate", generate_main, generate_args, help="sample text from a trained run")

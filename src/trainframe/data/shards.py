@@ -1,0 +1,148 @@
+"""Token shards on disk and the windows training reads from them.
+
+A shard directory holds ``index.json`` and flat ``.bin`` files of uint16 or uint32 token ids
+(uint32 when the vocabulary exceeds 65535), read by memmap so a corpus larger than memory costs
+nothing to open. Documents are separated by the tokenizer's EOS id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainframe.errors import UserError
+
+INDEX = "index.json"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+def write_shards(out_dir: Path, token_chunks, vocab_size: int, meta: dict, shard_tokens: int = 1 << 26) -> dict:
+    """Write an iterable of token-id lists as shards plus index.json, atomically: the directory
+    appears complete under its final name or not at all."""
+    out_dir = Path(out_dir)
+    dtype = token_dtype(vocab_size)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    shards, buf, count = [], [], 0
+
+    def flush():
+        nonlocal buf, count
+        if not count:
+            return
+        name = f"shard_{len(shards):05d}.bin"
+        np.concatenate(buf).astype(dtype).tofile(tmp / name)
+        shards.append({"file": name, "tokens": int(count)})
+        buf, count = [], 0
+
+    for chunk in token_chunks:
+        arr = np.asarray(chunk, dtype=np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+            raise ValueError(f"token id out of range for vocab {vocab_size}")
+        buf.append(arr)
+        count += arr.size
+        if count >= shard_tokens:
+            flush()
+    flush()
+    index = {"dtype": dtype.name, "vocab_size": vocab_size, "shards": shards, **meta}
+    (tmp / INDEX).write_text(json.dumps(index, indent=1))
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # another process finished the same cache first: keep theirs
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return json.loads((out_dir / INDEX).read_text())
+
+
+def open_shards(path: Path) -> tuple[dict, list[np.memmap]]:
+    path = Path(path)
+    index_file = path / INDEX
+    if not index_file.exists():
+        raise UserError(f"{path}: not a token shard directory (no {INDEX})")
+    try:
+        index = json.loads(index_file.read_text())
+        dtype = np.dtype(index["dtype"])
+        arrays = []
+        for shard in index["shards"]:
+            arr = np.memmap(path / shard["file"], dtype=dtype, mode="r")
+            if arr.size != shard["tokens"]:
+                raise UserError(f"{path / shard['file']}: holds {arr.size} tokens, index says {shard['tokens']}")
+            arrays.append(arr)
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(f"{index_file}: malformed shard index: {e}") from None
+    except FileNotFoundError as e:
+        raise UserError(f"{path}: shard file missing: {e.filename}") from None
+    return index, arrays
+
+
+class TokenWindows:
+    """Non-overlapping windows of ``context + 1`` tokens over shards, split into train and val.
+
+    Training draws windows in a fresh seeded permutation each epoch; the position (epoch, index)
+    is the whole state, so a resumed run sees exactly the batches an uninterrupted one would.
+    Under data parallelism rank r takes every world_size-th window of the permutation.
+    """
+
+    def __init__(self, arrays, context: int, val_fraction: float, seed: int, rank: int = 0, world_size: int = 1):
+        self.arrays, self.context, self.seed = arrays, context, seed
+        self.rank, self.world_size = rank, world_size
+        train, val = [], []
+        for s, arr in enumerate(arrays):
+            n = (arr.size - 1) // context
+            starts = np.arange(n, dtype=np.int64) * context
+            n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
+            if val_fraction > 0 and n > 1:
+                n_val = max(1, n_val)
+            # The tail of each shard is validation, so train and val never share a token.
+            train.append(np.stack([np.full(n - n_val, s), starts[: n - n_val]], 1))
+            val.append(np.stack([np.full(n_val, s), starts[n - n_val:]], 1))
+        self.train = np.concatenate(train) if train else np.zeros((0, 2), np.int64)
+        self.val = np.concatenate(val) if val else np.zeros((0, 2), np.int64)
+        if len(self.train) < world_size:
+            total = sum(a.size for a in arrays)
+            raise UserError(f"dataset has {total} tokens: too few for one training window of {context + 1}")
+        self.epoch, self.index = 0, 0
+        self._perm = None
+
+    def _permutation(self) -> np.ndarray:
+        if self._perm is None:
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.train))
+            self._perm = perm[self.rank:: self.world_size]
+        return self._perm
+
+    def _gather(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        out = np.empty((len(rows), self.context + 1), dtype=np.int64)
+        for i, (s, start) in enumerate(rows):
+            out[i] = self.arrays[s][start: start + self.context + 1]
+        t = torch.from_numpy(out)
+        return t[:, :-1], t[:, 1:]
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        while len(rows) < batch_size:
+            perm = self._permutation()
+            take = perm[self.index: self.index + batch_size - len(rows)]
+            rows.extend(take.tolist())
+            self.index += len(take)
+            if self.index >= len(perm):
+                self.epoch, self.index, self._perm = self.epoch + 1, 0, None
+        return self._gather(self.train[rows])
+
+    def val_batches(self, batch_size: int, max_batches: int):
+        val = self.val[self.rank:: self.world_size]
+        for b in range(min(max_batches, -(-len(val) // batch_size))):
+            yield self._gather(val[b * batch_size: (b + 1) * batch_size])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index, self._perm = int(state["epoch"]), int(state["index"]), None

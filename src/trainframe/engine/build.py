@@ -1,0 +1,63 @@
+"""Turn a validated RunConfig into a ready Trainer: each component from its registry entry."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainframe.config import RunConfig
+from trainframe.engine.loop import Trainer
+from trainframe.errors import UserError
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"trainer.device: expected auto, cpu, cuda or cuda:N, got '{spec}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device: '{spec}' requested but CUDA is not available")
+    return device
+
+
+def _make(plugins, kind: str, section: str, cfg, *args, **kwargs):
+    name = section["name"] if isinstance(section, dict) else section
+    component = plugins.registry.get(kind, name)
+    try:
+        return component.factory(cfg, *args, **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(f"{kind} '{name}': {e}") from None
+
+
+def build_tokenizer(cfg: RunConfig, plugins):
+    return _make(plugins, "tokenizer", cfg.tokenizer, cfg.components["tokenizer"])
+
+
+def build_model(cfg: RunConfig, plugins, tokenizer):
+    return _make(plugins, "model", cfg.model, cfg.components["model"], vocab_size=tokenizer.vocab_size())
+
+
+def build_trainer(cfg: RunConfig, plugins, run_dir: Path, rank: int = 0, world_size: int = 1) -> Trainer:
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.trainer.device)
+    tokenizer = build_tokenizer(cfg, plugins)
+    model = build_model(cfg, plugins, tokenizer).to(device)
+    context = model.config.context
+    dataset = _make(plugins, "dataset", cfg.data, cfg.components["data"], tokenizer=tokenizer, context=context,
+                    seed=cfg.seed, rank=rank, world_size=world_size)
+    optimizer = _make(plugins, "optimizer", cfg.optim, cfg.components["optim"], model, device)
+    schedule = _make(plugins, "schedule", cfg.schedule, cfg.components["schedule"], cfg.trainer.max_steps)
+    controller = _make(plugins, "phases", cfg.phases, cfg.components["phases"])
+    listeners = [_make(plugins, "logger", section, sub, run_dir=run_dir)
+                 for section, sub in zip(cfg.loggers, cfg.components["loggers"])]
+    listeners += [_make(plugins, "callback", section, sub, run_dir=run_dir)
+                  for section, sub in zip(cfg.callbacks, cfg.components["callbacks"])]
+    return Trainer(cfg, plugins, run_dir, model=model, tokenizer=tokenizer, dataset=dataset, optimizer=optimizer,
+                   schedule=schedule, controller=controller, listeners=listeners, device=device)

@@ -1,0 +1,115 @@
+"""Checkpoint files: written atomically, loaded safely, the newest good one found on resume.
+
+Layout under ``RUN_DIR/checkpoints/``: ``step_00000500.pt`` (the last ``keep_last`` kept) and
+``best.pt`` (lowest val loss). A kill during a save leaves a ``.tmp`` file, never a broken ``.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainframe.errors import UserError
+
+STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def step_path(ckpt_dir: Path, step: int) -> Path:
+    return Path(ckpt_dir) / f"step_{step:08d}.pt"
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def step_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every step checkpoint, oldest first."""
+    if not Path(ckpt_dir).is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).iterdir() if (m := STEP_FILE.match(p.name))]
+    return sorted(found)
+
+
+def prune(ckpt_dir: Path, keep_last: int) -> None:
+    for _, path in step_checkpoints(ckpt_dir)[:-keep_last]:
+        path.unlink(missing_ok=True)
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, wrong file: all mean "not a usable checkpoint"
+        raise UserError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path}: not a trainframe checkpoint")
+    return state
+
+
+def load_latest_good(ckpt_dir: Path, map_location="cpu") -> tuple[Path, dict]:
+    """The newest step checkpoint that loads; each bad one is reported in one line and skipped."""
+    candidates = step_checkpoints(ckpt_dir)
+    if not candidates:
+        raise UserError(f"{ckpt_dir}: no checkpoint to resume from")
+    for _, path in reversed(candidates):
+        try:
+            return path, load(path, map_location)
+        except UserError as e:
+            print(f"trainframe: {e}; trying the previous one", file=sys.stderr)
+    raise UserError(f"{ckpt_dir}: every checkpoint is corrupt")
+
+
+def resolve_checkpoint(run_dir: Path, which: str = "latest") -> Path:
+    """``latest``, ``best`` or a step number -> a checkpoint path in ``run_dir``."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if which == "best":
+        path = ckpt_dir / "best.pt"
+        if path.exists():
+            return path
+        which = "latest"
+    if which == "latest":
+        found = step_checkpoints(ckpt_dir)
+        if not found:
+            raise UserError(f"{run_dir}: no checkpoint in {ckpt_dir}")
+        return found[-1][1]
+    if not which.isdigit():
+        raise UserError(f"--checkpoint: expected best, latest or a step number, got '{which}'")
+    path = step_path(ckpt_dir, int(which))
+    if not path.exists():
+        steps = ", ".join(str(s) for s, _ in step_checkpoints(ckpt_dir)) or "none"
+        raise UserError(f"{run_dir}: no checkpoint for step {which} (have: {steps})")
+    return path
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,74 @@
+"""Phase controllers decide, step by step, what kind of step the engine runs.
+
+- ``full``: forward, backward, clip, optimizer step.
+- ``predict``: forward only; the controller moves the weights itself (a predicted delta).
+- ``correct``: forward only; the controller applies a correction.
+
+A controller sees each step's outcome through :class:`StepOutcome`, reads anything else from the
+trainer (``trainer.optimizer.state`` for moments, ``trainer.optimizer.param_groups`` for groups
+and their names and lrs), and changes weights only through ``trainer.apply_weight_delta`` so that
+every data-parallel rank applies the same change. The engine fires ``trainframe_phase_change``
+when the phase differs from the previous step's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from trainframe.config import ComponentConfig
+
+
+class Phase(str, Enum):
+    FULL = "full"
+    PREDICT = "predict"
+    CORRECT = "correct"
+
+
+@dataclass
+class StepOutcome:
+    step: int
+    phase: Phase
+    loss: float
+    lr: float
+    grad_norm: float | None = None  # full steps only
+    # Per parameter-group norm of the weight change the optimizer made (full steps only), filled
+    # when the controller sets ``wants_update_norms``: it costs a copy of the weights per step.
+    update_norms: dict[str, float] = field(default_factory=dict)
+    batches: list = field(default_factory=list)  # the step's micro-batches, on the device
+
+
+class PhaseController:
+    """Base class and protocol. Subclasses override what they need."""
+
+    wants_update_norms = False
+
+    def decide(self, step: int) -> tuple[Phase, str]:
+        """The phase of ``step`` and a short reason (logged when the phase changes)."""
+        return Phase.FULL, "full training"
+
+    def batches_for(self, phase: Phase, batches: list) -> list:
+        """The micro-batches a step of ``phase`` runs on; a controller may substitute held ones."""
+        return batches
+
+    def observe(self, outcome: StepOutcome, trainer) -> dict:
+        """Called after every step; may call ``trainer.apply_weight_delta``. Returns extra metrics."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class FullConfig(ComponentConfig):
+    pass
+
+
+class FullController(PhaseController):
+    """Every step is a full step: the default."""
+
+
+def build_full(cfg: FullConfig) -> PhaseController:
+    return FullController()

@@ -1,0 +1,140 @@
+"""The plugin manager: built-ins, entry points, a disable list, and broken plugins isolated.
+
+Built-in components live in ``trainframe.builtin`` and register through the same
+``trainframe_register`` hook as third-party plugins, which are found through the ``trainframe``
+entry-point group. A plugin that fails to import, misspells a hook or fails while registering is
+reported in one line and left out; everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import pluggy
+
+from trainframe import hookspecs
+from trainframe.registry import Registry
+
+GROUP = "trainframe"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str
+    module: str
+    status: str = "ok"  # ok, disabled, or the one-line reason it failed
+
+
+@dataclass
+class Plugins:
+    manager: pluggy.PluginManager
+    registry: Registry
+    info: list[PluginInfo] = field(default_factory=list)
+
+    @property
+    def hook(self):
+        return self.manager.hook
+
+    def failures(self) -> list[str]:
+        return [f"plugin '{p.name}' {p.status}" for p in self.info if p.status not in ("ok", "disabled")]
+
+
+def _disabled() -> set[str]:
+    return {n.strip() for n in os.environ.get("TRAINFRAME_DISABLE_PLUGINS", "").split(",") if n.strip()}
+
+
+def _hook_problems(manager: pluggy.PluginManager, plugin) -> str | None:
+    """A misspelled hook implementation: marked with @hookimpl but matching no hookspec."""
+    known = [n for n in dir(hookspecs) if n.startswith("trainframe_")]
+    for impl_name in dir(plugin):
+        opts = manager.parse_hookimpl_opts(plugin, impl_name)
+        if opts is not None and impl_name not in known:
+            match = difflib.get_close_matches(impl_name, known, n=1)
+            hint = f" (did you mean '{match[0]}'?)" if match else ""
+            return f"implements unknown hook '{impl_name}'{hint}"
+    return None
+
+
+def _entry_points():
+    return sorted(metadata.entry_points(group=GROUP), key=lambda ep: ep.name)
+
+
+def load_plugins(extra: list[tuple[str, object]] | None = None) -> Plugins:
+    """Build the plugin manager and the registry. ``extra``: (name, module) pairs, for tests."""
+    from trainframe import __version__, builtin
+
+    manager = pluggy.PluginManager(GROUP)
+    manager.add_hookspecs(hookspecs)
+    plugins = Plugins(manager, Registry())
+    disabled = _disabled()
+
+    candidates: list[tuple[str, str, str, object]] = [("trainframe", __version__, "trainframe.builtin", builtin)]
+    for ep in _entry_points():
+        version = ep.dist.version if ep.dist else "?"
+        if ep.name in disabled:
+            plugins.info.append(PluginInfo(ep.name, version, ep.value, "disabled"))
+            continue
+        try:
+            module = ep.load()
+        except Exception as e:  # a broken plugin must not take the others down
+            plugins.info.append(PluginInfo(ep.name, version, ep.value,
+                                           f"failed to load: {type(e).__name__}: {e}"))
+            continue
+        candidates.append((ep.name, version, ep.value, module))
+    for name, module in extra or []:
+        if name not in disabled:
+            candidates.append((name, "local", getattr(module, "__name__", name), module))
+
+    for name, version, where, module in candidates:
+        problem = _hook_problems(manager, module)
+        if problem:
+            plugins.info.append(PluginInfo(name, version, where, problem))
+            continue
+        manager.register(module, name=name)
+        plugins.info.append(PluginInfo(name, version, where))
+
+    # Each plugin registers into its own scratch registry first, so a plugin that fails halfway
+    # leaves nothing behind.
+    for impl in manager.hook.trainframe_register.get_hookimpls():
+        scratch = Registry(current_plugin=impl.plugin_name)
+        try:
+            impl.function(registry=scratch)
+            _merge_registry(plugins.registry, scratch)
+        except Exception as e:
+            manager.unregister(name=impl.plugin_name)
+            for info in plugins.info:
+                if info.name == impl.plugin_name:
+                    info.status = f"failed to register: {type(e).__name__}: {e}"
+    for line in plugins.failures():
+        print(f"trainframe: warning: {line}", file=sys.stderr)
+    return plugins
+
+
+def _merge_registry(into: Registry, new: Registry) -> None:
+    for kind, table in new.components.items():
+        for name, comp in table.items():
+            if name in into.components[kind]:
+                other = into.components[kind][name].plugin
+                raise ValueError(f"{kind} '{name}' is already registered by plugin '{other}'")
+    for name, cmd in new.commands.items():
+        if name in into.commands:
+            raise ValueError(f"command '{name}' is already registered by plugin '{into.commands[name].plugin}'")
+    for kind, table in new.components.items():
+        into.components[kind].update(table)
+    into.commands.update(new.commands)
+
+
+_CURRENT: Plugins | None = None
+
+
+def current() -> Plugins:
+    """The process's plugin manager, loaded on first use."""
+    global _CURRENT
+    if _CURRENT is None:
+        _CURRENT = load_plugins()
+    return _CURRENT
