@@ -1,0 +1,180 @@
+"""The schema tokenizer: the same API as the tct_github_workflow wheel, for any JSON Schema."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .codec import Encoder, SchemaDecodeError, SchemaEncodeError, StreamDecoder, Tables
+from .grammar import Compiler
+from .vocab import Vocab, schema_fingerprint
+from .yaml_loader import load_document
+
+# Schemas known by name. The GitHub workflow schema ships inside check-jsonschema (pinned), so it
+# is available offline without a copy in this package.
+BUILTIN_SCHEMAS = {
+    "github-workflow": ("check_jsonschema", "builtin_schemas/vendor/github-workflows.json"),
+}
+_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+class SchemaNotFound(LookupError):
+    """An unknown schema name or a schema file that cannot be read."""
+
+
+def load_schema(schema: str | os.PathLike | dict) -> tuple[str, dict]:
+    """(name, schema dict) for a built-in name, a file path or an already loaded schema."""
+    if isinstance(schema, dict):
+        return schema.get("$id", "custom"), schema
+    text = str(schema)
+    if text in BUILTIN_SCHEMAS:
+        package, resource = BUILTIN_SCHEMAS[text]
+        try:
+            data = (importlib.resources.files(package) / resource).read_text(encoding="utf-8")
+        except (ModuleNotFoundError, FileNotFoundError) as e:
+            raise SchemaNotFound(f"schema {text!r} needs the package {package!r} ({e})") from None
+        return text, json.loads(data)
+    path = Path(text)
+    if not path.is_file():
+        known = ", ".join(sorted(BUILTIN_SCHEMAS))
+        raise SchemaNotFound(f"schema {text!r}: not a known name ({known}) nor an existing file")
+    try:
+        return path.stem, json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise SchemaNotFound(f"schema file {text}: not valid JSON ({e})") from None
+
+
+def default_vocab_path(name: str) -> Path:
+    return _DATA / f"{name}.tokenizer.json"
+
+
+class SchemaTokenizer:
+    """Schema-aware tokenizer.
+
+    ``schema``: a built-in name (``github-workflow``), a path to a JSON Schema, or a dict.
+    ``vocab``: a vocabulary file written by ``trainframe tokenizer train``; by default the one
+    shipped for a built-in schema, else bytes only (every document still encodes, just longer).
+    """
+
+    def __init__(self, schema: str | os.PathLike | dict = "github-workflow",
+                 vocab: str | os.PathLike | Vocab | None = None, vocab_size: int | None = None) -> None:
+        self.schema_name, self.schema = load_schema(schema)
+        if isinstance(vocab, Vocab):
+            self.vocab = vocab
+        elif vocab is not None:
+            self.vocab = Vocab.load(vocab)
+        elif isinstance(schema, str) and default_vocab_path(self.schema_name).is_file() and schema in BUILTIN_SCHEMAS:
+            self.vocab = Vocab.load(default_vocab_path(self.schema_name))
+        else:
+            self.vocab = Vocab.empty(vocab_size or 8192)
+        if vocab_size is not None and vocab_size != self.vocab.size:
+            raise ValueError(f"vocabulary has {self.vocab.size} ids, {vocab_size} requested")
+        self.compiler = Compiler(self.schema)
+        self.root = self.compiler.root_node
+        self.fingerprint = schema_fingerprint(self.schema)
+        self._encoder = Encoder(self.vocab)
+        self._tables: Tables | None = None
+        self._streams: OrderedDict[tuple, StreamDecoder] = OrderedDict()
+
+    # -- the tct API ---------------------------------------------------------------------------
+    @property
+    def pad_id(self) -> int:
+        return self.vocab.pad_id
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab.mask_id
+
+    def vocab_size(self) -> int:
+        return self.vocab.size
+
+    def parse(self, text: str) -> Any:
+        """Workflow text (YAML or JSON) to JSON data, with GitHub's reading of YAML."""
+        return load_document(text)
+
+    def encode(self, text: str) -> list[int]:
+        """YAML or JSON text -> token ids. Raises SchemaEncodeError if the schema rejects it."""
+        return self.encode_value(load_document(text))
+
+    def encode_value(self, value: Any) -> list[int]:
+        return self._encoder.encode(self.root, value)
+
+    def decode_value(self, tokens: Sequence[int]) -> tuple[Any, int]:
+        """(document, tokens consumed). Raises SchemaDecodeError with the token position."""
+        d = StreamDecoder(self.root, self.tables)
+        for t in tokens:
+            d.feed(t)
+            if d.done:
+                return d.result, d.pos
+        raise SchemaDecodeError(d.pos, "the tokens end before the document is complete", _open_path(d))
+
+    def decode(self, tokens: Sequence[int]) -> tuple[str, int, int]:
+        """(json_str, consumed, total): like the tct wheel; tokens after the document are left."""
+        value, consumed = self.decode_value(tokens)
+        return json.dumps(value, ensure_ascii=False), consumed, len(tokens)
+
+    def decode_prefix(self, tokens: Sequence[int]) -> tuple[Any, bool]:
+        """(partial document, complete). Raises SchemaDecodeError on a token that cannot occur."""
+        d = StreamDecoder(self.root, self.tables)
+        for t in tokens:
+            if d.done:
+                break
+            d.feed(t)
+        return d.partial(), d.done
+
+    def extract_window(self, tokens: Sequence[int], start: int, end: int) -> list[int]:
+        """``[start] + tokens[start:end]``: a training window led by its position, as the wheel does."""
+        if start < 0 or end < start:
+            raise ValueError(f"bad window [{start}, {end})")
+        return [int(start)] + [int(t) for t in tokens[start:end]]
+
+    # -- constrained decoding ---------------------------------------------------------------------
+    @property
+    def tables(self) -> Tables:
+        if self._tables is None:
+            self._tables = Tables(self.vocab)
+        return self._tables
+
+    def stream(self) -> StreamDecoder:
+        """A decoder to advance token by token (``feed``), asking ``allowed()`` before each step."""
+        return StreamDecoder(self.root, self.tables)
+
+    def allowed_next(self, prefix_tokens: Sequence[int]) -> np.ndarray:
+        """Boolean mask (length vocab_size) of tokens that keep the prefix completable.
+
+        The decoder state of recent prefixes is kept, so calling this with a prefix one token
+        longer than a previous call costs one step, not a re-decode.
+        """
+        key = tuple(int(t) for t in prefix_tokens)
+        d = self._streams.get(key)
+        if d is None:
+            parent = self._streams.pop(key[:-1], None) if key else None
+            if parent is not None:
+                try:
+                    parent.feed(key[-1])
+                except SchemaDecodeError:
+                    parent = None
+            d = parent
+            if d is None:
+                d = self.stream()
+                for t in key:
+                    d.feed(t)
+            self._streams[key] = d
+            while len(self._streams) > 64:
+                self._streams.popitem(last=False)
+        else:
+            self._streams.move_to_end(key)
+        return d.allowed().copy()
+
+
+def _open_path(d: StreamDecoder) -> tuple:
+    return d.stack[-1].path if d.stack else ()
+
+
+__all__ = ["SchemaTokenizer", "SchemaEncodeError", "SchemaDecodeError", "SchemaNotFound", "load_schema"]
