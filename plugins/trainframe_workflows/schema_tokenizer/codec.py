@@ -85,7 +85,7 @@ class Encoder:
         v = self.vocab
         if v is None:
             return
-        tok = v.dict_index.get(s) if role == "string" else None
+        tok = v.dict_index.get(s) if role != "number" else None
         if tok is not None:
             out.append(tok)
             return

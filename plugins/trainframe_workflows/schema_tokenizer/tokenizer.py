@@ -77,7 +77,7 @@ class SchemaTokenizer:
             raise ValueError(f"vocabulary has {self.vocab.size} ids, {vocab_size} requested")
         self.compiler = Compiler(self.schema)
         self.root = self.compiler.root_node
-        self.fingerprint = schema_fingerprint(self.schema)
+        self.schema_fingerprint = schema_fingerprint(self.schema)
         self._encoder = Encoder(self.vocab)
         self._tables: Tables | None = None
         self._streams: OrderedDict[tuple, StreamDecoder] = OrderedDict()
@@ -93,6 +93,10 @@ class SchemaTokenizer:
 
     def vocab_size(self) -> int:
         return self.vocab.size
+
+    def fingerprint(self) -> str:
+        """Identifies schema and vocabulary: tokens cached under another fingerprint are stale."""
+        return f"schema-{self.schema_name}-{self.schema_fingerprint}-{self.vocab.fingerprint()}"
 
     def parse(self, text: str) -> Any:
         """Workflow text (YAML or JSON) to JSON data, with GitHub's reading of YAML."""

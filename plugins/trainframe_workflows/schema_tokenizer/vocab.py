@@ -22,7 +22,6 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterable
 
 N_CHOICE = 64
 END = 64
@@ -119,6 +118,10 @@ class Vocab:
             out.extend(self.encode_chunk(c))
         return out
 
+    def fingerprint(self) -> str:
+        body = json.dumps([self.size, self.dictionary, self.merges], ensure_ascii=False)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
     # -- file format ------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {
@@ -140,6 +143,9 @@ class Vocab:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.to_json(), f, ensure_ascii=False, separators=(",", ":"))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a vocabulary is shared data
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -170,6 +176,3 @@ class Vocab:
 def schema_fingerprint(schema: dict) -> str:
     return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
 
-
-def iter_strings_weighted(counter) -> Iterable[tuple[str, int]]:
-    return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -1,0 +1,240 @@
+"""``trainframe tokenizer check`` and ``trainframe tokenizer train``.
+
+``tokenizer train`` dispatches on ``--kind``; a plugin adds a kind with :func:`add_train_kind`
+(its own options and its run function), so one command trains every tokenizer family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jsonschema
+import yaml
+
+from trainframe.errors import UserError
+
+from .corpus import iter_texts
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON data: booleans are not numbers, 1 equals 1.0, key order does not matter."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- tokenizer check ----------------------------------------------------------------------------
+
+
+def check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", default="schema", choices=["schema", "tct"], help="backend (default: schema)")
+    p.add_argument("--schema", default="github-workflow", help="schema name or JSON Schema file (schema backend)")
+    p.add_argument("--vocab", default=None, help="vocabulary file (default: the one shipped for the schema)")
+    p.add_argument("--data", required=True, help=".jsonl of {'yaml': ...} rows, a directory, or one file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--limit", type=int, default=None, help="only the first N documents")
+    p.add_argument("--show-failures", type=int, default=20, help="encode failures listed in text output")
+
+
+def _build(args) -> Any:
+    if args.tokenizer == "tct":
+        from .tct import TctTokenizer
+
+        return TctTokenizer()
+    from .plugin import make_schema_tokenizer
+
+    return make_schema_tokenizer(args.schema, args.vocab)
+
+
+def run_check(tok, texts, schema: dict) -> dict:
+    """The figures of ``tokenizer check`` for (name, text) pairs."""
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+    validator = cls(schema)
+    documents = schema_valid = roundtrip_ok = 0
+    failures: list[dict] = []
+    roundtrip_failures: list[dict] = []
+    valid_not_encoded = 0
+    tokens: list[int] = []
+    chars = 0
+    encode_s = 0.0
+    for name, text in texts:
+        documents += 1
+        try:
+            doc = tok.parse(text)
+        except (yaml.YAMLError, ValueError) as e:
+            failures.append({"document": name, "error": f"not YAML or JSON: {str(e).splitlines()[0]}"})
+            continue
+        valid = validator.is_valid(doc)
+        schema_valid += valid
+        t0 = time.perf_counter()
+        try:
+            ids = tok.encode(text)
+        except ValueError as e:
+            encode_s += time.perf_counter() - t0
+            failures.append({"document": name, "error": str(e)})
+            valid_not_encoded += valid
+            continue
+        encode_s += time.perf_counter() - t0
+        tokens.append(len(ids))
+        chars += len(compact_json(doc))
+        try:
+            back, _ = tok.decode_value(ids)
+            if same_json(back, doc):
+                roundtrip_ok += 1
+            else:
+                roundtrip_failures.append({"document": name, "error": "decoded document differs"})
+        except ValueError as e:
+            roundtrip_failures.append({"document": name, "error": f"decode failed: {e}"})
+    encoded = len(tokens)
+    return {
+        "documents": documents,
+        "schema_valid": schema_valid,
+        "encoded": encoded,
+        "encode_failures": len(failures),
+        "schema_valid_not_encoded": valid_not_encoded,
+        "roundtrip_ok": roundtrip_ok,
+        "tokens_per_doc": round(sum(tokens) / encoded, 2) if encoded else 0.0,
+        "tokens_per_doc_median": statistics.median(tokens) if tokens else 0,
+        "chars_per_token": round(chars / sum(tokens), 3) if tokens and sum(tokens) else 0.0,
+        "docs_per_s": round(encoded / encode_s, 1) if encode_s > 0 else 0.0,
+        "failures": failures,
+        "roundtrip_failures": roundtrip_failures,
+    }
+
+
+def check_main(args: argparse.Namespace) -> int:
+    tok = _build(args)
+    schema = getattr(tok, "schema", None)
+    if schema is None:  # the tct wheel is for GitHub workflows
+        from .schema_tokenizer import load_schema
+
+        schema = load_schema("github-workflow")[1]
+    texts = iter_texts(args.data)
+    if args.limit is not None:
+        texts = (t for i, t in enumerate(texts) if i < args.limit)
+    report = run_check(tok, texts, schema)
+    if report["documents"] == 0:
+        raise UserError(f"{args.data}: no documents found")
+    if report["encoded"] == 0 and report["schema_valid"] == 0:
+        raise UserError(f"{args.data}: no document is a {getattr(tok, 'schema_name', 'github-workflow')} "
+                        f"document ({report['failures'][0]['error'] if report['failures'] else 'nothing parsed'})")
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        _print_report(report, args.show_failures)
+    bad = report["roundtrip_failures"] or report["schema_valid_not_encoded"]
+    return 1 if bad else 0
+
+
+def _print_report(r: dict, show: int) -> None:
+    out = sys.stdout
+    print(f"documents          {r['documents']}", file=out)
+    print(f"schema-valid       {r['schema_valid']}", file=out)
+    print(f"encode failures    {r['encode_failures']}", file=out)
+    for f in r["failures"][:show]:
+        print(f"  {f['document']}: {f['error']}", file=out)
+    if len(r["failures"]) > show:
+        print(f"  ... {len(r['failures']) - show} more", file=out)
+    print(f"round trip ok      {r['roundtrip_ok']} of {r['encoded']} encoded", file=out)
+    for f in r["roundtrip_failures"][:show]:
+        print(f"  {f['document']}: {f['error']}", file=out)
+    print(f"tokens per doc     {r['tokens_per_doc']} (median {r['tokens_per_doc_median']})", file=out)
+    print(f"JSON chars/token   {r['chars_per_token']}", file=out)
+    print(f"docs per second    {r['docs_per_s']} (encode, YAML/JSON text to tokens)", file=out)
+
+
+# --- tokenizer train ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainKind:
+    run: Callable[[argparse.Namespace], int | None]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    help: str = ""
+
+
+TRAIN_KINDS: dict[str, TrainKind] = {}
+
+
+def add_train_kind(name: str, run, add_arguments=None, help: str = "") -> None:
+    """Make ``trainframe tokenizer train --kind NAME`` available. Options must not clash."""
+    if name in TRAIN_KINDS:
+        raise ValueError(f"tokenizer train kind {name!r} is defined twice")
+    TRAIN_KINDS[name] = TrainKind(run, add_arguments, help)
+
+
+def train_args(p: argparse.ArgumentParser) -> None:
+    kinds = sorted(TRAIN_KINDS)
+    p.add_argument("--kind", required=True, choices=kinds,
+                   help="; ".join(f"{k}: {TRAIN_KINDS[k].help}" for k in kinds))
+    p.add_argument("--data", required=True, help="training corpus")
+    p.add_argument("--out", default=None, help="vocabulary file to write")
+    p.add_argument("--vocab-size", type=int, default=8192, help="total ids, special tokens included")
+    for k in kinds:
+        if TRAIN_KINDS[k].add_arguments:
+            group = p.add_argument_group(f"--kind {k}")
+            TRAIN_KINDS[k].add_arguments(group)
+
+
+def train_main(args: argparse.Namespace) -> int:
+    return int(TRAIN_KINDS[args.kind].run(args) or 0)
+
+
+def _schema_train_args(g) -> None:
+    g.add_argument("--schema", default="github-workflow", help="schema name or JSON Schema file")
+    g.add_argument("--max-dict", type=int, default=2048, help="most dictionary strings")
+
+
+def _schema_train(args: argparse.Namespace) -> int:
+    from .schema_tokenizer import SchemaNotFound, load_schema
+    from .schema_tokenizer.grammar import Compiler
+    from .schema_tokenizer.train import train_vocab
+    from .schema_tokenizer.vocab import FIRST_LEARNED
+    from .schema_tokenizer.yaml_loader import load_document
+
+    if args.vocab_size < FIRST_LEARNED + 2:
+        raise UserError(f"--vocab-size: expected at least {FIRST_LEARNED + 2}, got {args.vocab_size}")
+    try:
+        name, schema = load_schema(args.schema)
+    except SchemaNotFound as e:
+        raise UserError(f"--schema: {e}") from None
+    root = Compiler(schema).root_node
+    docs = []
+    unreadable = 0
+    for _, text in iter_texts(args.data):
+        try:
+            docs.append(load_document(text))
+        except (yaml.YAMLError, ValueError):
+            unreadable += 1
+    out = Path(args.out or f"{name}.tokenizer.json")
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    try:
+        vocab = train_vocab(root, docs, args.vocab_size, args.max_dict, log=log,
+                            meta={"schema": name, "corpus": Path(args.data).name})
+    except ValueError as e:
+        raise UserError(f"{args.data}: {e} (schema {name}; {unreadable} unreadable)") from None
+    vocab.save(out)
+    print(f"wrote {out}: {vocab.size} ids, {len(vocab.dictionary)} dictionary strings, {len(vocab.merges)} merges "
+          f"from {vocab.meta['documents']} documents")
+    return 0
+
+
+add_train_kind("schema", _schema_train, _schema_train_args,
+               help="dictionary + BPE merges for the schema tokenizer")

@@ -1,0 +1,58 @@
+"""Registers the workflow tokenizers and the ``tokenizer check`` / ``tokenizer train`` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ConfigDict, Field
+
+import trainframe
+from trainframe.config import ComponentConfig
+from trainframe.errors import UserError
+
+from .cli import check_args, check_main, train_args, train_main
+from .tct import TctConfig, build_tct_tokenizer
+
+
+class SchemaTokenizerConfig(ComponentConfig):
+    """``schema``: a built-in name (github-workflow) or a JSON Schema file.
+    ``vocab``: a vocabulary file from ``trainframe tokenizer train``; default: the shipped one."""
+
+    # "schema" would shadow a pydantic BaseModel attribute: keep it as the alias users write.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_name: str = Field("github-workflow", alias="schema")
+    vocab: str | None = None
+
+
+def build_schema_tokenizer(cfg: SchemaTokenizerConfig):
+    return make_schema_tokenizer(cfg.schema_name, cfg.vocab)
+
+
+def make_schema_tokenizer(schema: str, vocab: str | None = None):
+    """Build a SchemaTokenizer, turning bad names and files into one-line UserErrors."""
+    from .schema_tokenizer import SchemaNotFound, SchemaTokenizer
+    from .schema_tokenizer.regex_dfa import Unsupported
+
+    if vocab is not None and not Path(vocab).is_file():
+        raise UserError(f"tokenizer.vocab: {vocab}: no such file; expected a file written by `trainframe tokenizer train`")
+    try:
+        return SchemaTokenizer(schema, vocab=vocab)
+    except SchemaNotFound as e:
+        raise UserError(f"tokenizer.schema: {e}") from None
+    except Unsupported as e:
+        raise UserError(f"tokenizer.schema: {schema}: unsupported schema construct: {e}") from None
+    except (ValueError, KeyError) as e:
+        raise UserError(f"tokenizer.vocab: {vocab}: {e}") from None
+
+
+@trainframe.hookimpl
+def trainframe_register(registry):
+    registry.add("tokenizer", "schema", build_schema_tokenizer, SchemaTokenizerConfig,
+                 help="schema-aware tokenizer compiled from a JSON Schema (default: GitHub workflows)")
+    registry.add("tokenizer", "tct", build_tct_tokenizer, TctConfig,
+                 help="the compiled tct_github_workflow wheel, when installed")
+    registry.add_command("tokenizer check", run=check_main, add_arguments=check_args,
+                         help="encode a workflow collection: validity, round trip, tokens, speed")
+    registry.add_command("tokenizer train", run=train_main, add_arguments=train_args,
+                         help="learn a tokenizer vocabulary from a corpus and write it to one file")
