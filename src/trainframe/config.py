@@ -76,8 +76,21 @@ class RunConfig(BaseModel):
         """(name, validated config) of a single-component section."""
         return getattr(self, section)["name"], self.components[section]
 
+    def to_dict(self) -> dict:
+        """Plain data with every component's defaults filled in: what the run really used."""
+        data = self.model_dump(mode="json")
+        for section in SINGLE_SECTIONS:
+            sub = self.components.get(section)
+            if sub is not None:
+                sub = sub.resolved() if hasattr(sub, "resolved") else sub  # e.g. a model preset, expanded
+                data[section] = {"name": data[section]["name"], **sub.model_dump(mode="json")}
+        for section in LIST_SECTIONS:
+            for i, sub in enumerate(self.components.get(section) or []):
+                data[section][i] = {"name": data[section][i]["name"], **sub.model_dump(mode="json")}
+        return data
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 SINGLE_SECTIONS = {"model": "model", "tokenizer": "tokenizer", "data": "dataset", "optim": "optimizer",
@@ -210,26 +223,33 @@ def _describe(value: Any) -> str:
     return str(value)
 
 
-def _constraints(model: type[BaseModel], loc: tuple) -> str:
-    """' > 0' style text for the numeric constraints of the field at ``loc``, if any."""
+def _field(model: type[BaseModel], loc: tuple):
+    """The pydantic FieldInfo at ``loc`` inside ``model``, or None."""
     field = None
     current: Any = model
     for part in loc:
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return ""
+            return None
         field = current.model_fields.get(str(part))
         if field is None:
-            return ""
+            return None
         current = field.annotation
+    return field
+
+
+def _expected_number(model: type[BaseModel], loc: tuple) -> str:
+    """'a number > 0' / 'an integer >= 1': the field's type and numeric bounds."""
+    field = _field(model, loc)
     if field is None:
-        return ""
-    out = []
+        return "a number"
+    kind = "an integer" if field.annotation in (int, int | None) else "a number"
+    bounds = []
     for meta in field.metadata:
         for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
             bound = getattr(meta, attr, None)
             if bound is not None:
-                out.append(f"{sym} {bound}")
-    return (" " + " and ".join(out)) if out else ""
+                bounds.append(f"{sym} {bound}")
+    return kind + ((" " + " and ".join(bounds)) if bounds else "")
 
 
 def _error_text(err: dict, model: type[BaseModel], loc: tuple, valid_keys) -> str:
@@ -243,12 +263,14 @@ def _error_text(err: dict, model: type[BaseModel], loc: tuple, valid_keys) -> st
         hint = f" (did you mean '{match[0]}'?)" if match else ""
         return f"unknown key{hint}"
     if kind == "missing":
+        if loc and isinstance(loc[-1], int):
+            return f"expected more items: item {loc[-1]} is missing"
         return "required key is missing"
     if kind in ("float_parsing", "float_type", "greater_than", "greater_than_equal", "less_than",
                 "less_than_equal", "finite_number"):
-        return f"expected a number{_constraints(model, loc)}{got}"
+        return f"expected {_expected_number(model, loc)}{got}"
     if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"expected an integer{_constraints(model, loc)}{got}"
+        return f"expected {_expected_number(model, loc)}{got}"
     if kind in ("bool_parsing", "bool_type"):
         return f"expected true or false{got}"
     if kind in ("string_type",):
@@ -291,8 +313,10 @@ def format_errors(exc: ValidationError, model: type[BaseModel], prefix: tuple, o
     for err in exc.errors():
         loc = tuple(err["loc"])
         valid = [*_valid_keys(model, loc), *extra_keys] if len(loc) <= 1 else _valid_keys(model, loc)
-        path = prefix + loc
         text = _error_text(err, model, loc, valid)
+        if err["type"] == "missing" and loc and isinstance(loc[-1], int):
+            loc = loc[:-1]  # name the list, not the absent item
+        path = prefix + loc
         key = ".".join(str(p) for p in path) or "(top level)"
         lines.append(f"{_source(origins, path, default_source)}: {key}: {text}")
     return lines
@@ -327,11 +351,21 @@ def resolve(data: dict, registry: "Registry", origins: dict | None = None, sourc
     """Validate raw config data into a RunConfig; raise UserError listing every problem."""
     origins = origins or {}
     errors: list[str] = []
+    if isinstance(data, dict):
+        # A section given without a name keeps the default component: `optim: {lr: 1e-3}` is AdamW.
+        data = dict(data)
+        for section, field in RunConfig.model_fields.items():
+            default = field.default
+            if isinstance(default, dict) and isinstance(data.get(section), dict) and "name" not in data[section]:
+                data[section] = {**default, **data[section]}
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         errors.extend(format_errors(e, RunConfig, (), origins, source))
         cfg = None
+        # A component section that is present is checked below, with a better message.
+        present = {s for s in (*SINGLE_SECTIONS, *LIST_SECTIONS) if isinstance(data, dict) and s in data}
+        errors = [line for line, err in zip(errors, e.errors()) if not (err["loc"] and err["loc"][0] in present)]
     # Validate component sections even when core keys failed, so one run reports every problem.
     components: dict[str, Any] = {}
     defaults = {k: f.get_default(call_default_factory=True)
