@@ -79,7 +79,7 @@ def run_check(tok, texts, schema: dict) -> dict:
         try:
             doc = tok.parse(text)
         except (yaml.YAMLError, ValueError) as e:
-            failures.append({"document": name, "error": f"not YAML or JSON: {str(e).splitlines()[0]}"})
+            failures.append({"document": name, "error": str(e).splitlines()[0] if str(e) else type(e).__name__})
             continue
         valid = validator.is_valid(doc)
         schema_valid += valid

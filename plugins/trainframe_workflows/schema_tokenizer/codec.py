@@ -286,12 +286,17 @@ class Tables:
                     text = self.clean_text[t]
                     if text is None:
                         continue
+                    tail = self.clean_tail[t]
                 else:
                     r = _utf8_step(pending, exp[t])
                     if r is None:
                         continue
-                    text = r[0]
-                if spec.plain or spec.advance(states, text) is not None:
+                    text, tail = r
+                if spec.plain:
+                    m[t] = True
+                    continue
+                after = spec.advance(states, text)
+                if after is not None and (not tail or _tail_viable(spec, after, tail)):
                     m[t] = True
         self._content_masks[key] = m
         return m
@@ -309,6 +314,22 @@ class Tables:
         return m
 
 
+def _tail_viable(spec: StrSpec, states: tuple[int, ...], tail: bytes) -> bool:
+    """Could the character that ``tail`` starts still be accepted by the patterns?
+
+    Tested with one representative completion: patterns here treat non-ASCII characters alike
+    (``.``, negated classes), so one stands for all.
+    """
+    need = 2 if tail[0] >= 0xC0 and tail[0] < 0xE0 else 3 if tail[0] < 0xF0 else 4
+    for fill in (0xA0, 0x80, 0x90):
+        try:
+            ch = (tail + bytes([fill]) * (need - len(tail))).decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return spec.advance(states, ch) is not None
+    return False
+
+
 def _utf8_step(pending: bytes, data: bytes) -> tuple[str, bytes] | None:
     """Decode ``pending + data`` as far as possible: (complete text, incomplete tail) or None."""
     dec = codecs.getincrementaldecoder("utf-8")()
@@ -316,7 +337,15 @@ def _utf8_step(pending: bytes, data: bytes) -> tuple[str, bytes] | None:
         text = dec.decode(pending + data, final=False)
     except UnicodeDecodeError:
         return None
-    return text, dec.getstate()[0]
+    tail = dec.getstate()[0]
+    if len(tail) >= 2 and not _second_byte_ok(tail[0], tail[1]):
+        return None  # e.g. ED A0: a surrogate, which the incremental decoder only rejects later
+    return text, tail
+
+
+def _second_byte_ok(lead: int, second: int) -> bool:
+    lo, hi = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}.get(lead, (0x80, 0xBF))
+    return lo <= second <= hi
 
 
 class StreamDecoder:

@@ -41,6 +41,15 @@ ANNOTATIONS = frozenset(
         "allowTrailingCommas", "defaultSnippets",
     }
 )
+# Keywords the grammar models; any other non-annotation keyword (if/then/else, ...) is checked by
+# jsonschema on the finished value, so encoding never accepts what the schema rejects.
+MODELLED = frozenset({
+    "type", "enum", "const", "allOf", "anyOf", "oneOf", "not", "$ref", "properties",
+    "patternProperties", "additionalProperties", "required", "minProperties", "maxProperties",
+    "dependencies", "propertyNames", "items", "additionalItems", "minItems", "maxItems",
+    "uniqueItems", "contains", "pattern", "minLength", "maxLength", "minimum", "maximum",
+    "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+})
 ALL_TYPES = frozenset({"null", "boolean", "integer", "number", "string", "array", "object"})
 
 
@@ -513,6 +522,11 @@ class Compiler:
             if "not" in s and types == {"object"} and _key_only(s["not"], self):
                 preds.append(("not", [_key_expr(s["not"], self)]))
         checks: list[tuple[str, Callable[[Any], bool]]] = []
+        for s in flat:
+            other = sorted(set(s) - MODELLED - ANNOTATIONS)
+            if other:
+                v = self.validator({k: s[k] for k in other})
+                checks.append((f"fails the schema's {'/'.join(other)} rule", lambda x, v=v: v.is_valid(x)))
         for s in flat:
             if "not" in s and not (types == {"object"} and _key_only(s["not"], self)):
                 v = self.validator(s["not"])

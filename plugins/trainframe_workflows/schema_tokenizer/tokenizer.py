@@ -107,7 +107,11 @@ class SchemaTokenizer:
         return self.encode_value(load_document(text))
 
     def encode_value(self, value: Any) -> list[int]:
-        return self._encoder.encode(self.root, value)
+        """JSON data -> token ids."""
+        try:
+            return self._encoder.encode(self.root, value)
+        except RecursionError:  # e.g. a YAML alias that contains itself
+            raise SchemaEncodeError((), "the document is nested too deeply (or contains itself)") from None
 
     def decode_value(self, tokens: Sequence[int]) -> tuple[Any, int]:
         """(document, tokens consumed). Raises SchemaDecodeError with the token position."""

@@ -88,6 +88,10 @@ WorkflowLoader.add_constructor(
 )
 
 
+class DocumentParseError(ValueError):
+    """The text is neither JSON nor YAML (or uses YAML that has no JSON form)."""
+
+
 def load_yaml(text: str) -> Any:
     """Parse one YAML document with the GitHub-compatible rules above."""
     return yaml.load(text, Loader=WorkflowLoader)  # noqa: S506 - a SafeLoader subclass
@@ -101,4 +105,10 @@ def load_document(text: str) -> Any:
             return json.loads(text)
         except ValueError:
             pass  # flow-style YAML such as {on: push}
-    return load_yaml(text)
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()
+        raise DocumentParseError(f"not valid YAML: {' '.join(first[:3])}") from None
+    except (TypeError, ValueError, RecursionError) as e:  # e.g. unhashable keys, huge alias trees
+        raise DocumentParseError(f"not a JSON-compatible YAML document: {e}") from None

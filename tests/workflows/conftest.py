@@ -1,0 +1,49 @@
+"""Fixtures for the workflow tokenizer tests: the shared corpus and one tokenizer per session."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from trainframe_workflows.schema_tokenizer import SchemaTokenizer
+from trainframe_workflows.schema_tokenizer.yaml_loader import load_document
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "workflows"
+CORPUS = DATA / "workflows.jsonl"
+
+
+def need_data():
+    if not CORPUS.is_file():
+        pytest.skip("shared workflow data not present")
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return SchemaTokenizer("github-workflow")
+
+
+@pytest.fixture(scope="session")
+def validator(tok):
+    return jsonschema.Draft7Validator(tok.schema)
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    """[(name, yaml text, parsed document)] for the 873 shared workflows."""
+    need_data()
+    rows = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(f"{r['repo']}/{r['path']}", r["yaml"], load_document(r["yaml"])) for r in rows]
+
+
+@pytest.fixture(scope="session")
+def encoded(tok, corpus, validator):
+    """[(name, document, tokens or the encode error, schema-valid)] for the whole corpus."""
+    out = []
+    for name, _, doc in corpus:
+        try:
+            ids = tok.encode_value(doc)
+        except ValueError as e:
+            ids = e
+        out.append((name, doc, ids, validator.is_valid(doc)))
+    return out
