@@ -37,7 +37,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         parser = build_parser(current().registry)
-        args = parser.parse_args(argv)
+        # Overrides may come after options (`train x.yaml --run-dir d a.b=1`): argparse stops
+        # collecting a positional list at an option, so pick the leftovers up here.
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            if not hasattr(args, "overrides") or any(a.startswith("-") for a in extra):
+                parser.parse_args(argv)  # reports the unknown arguments and exits 2
+            args.overrides = [*args.overrides, *extra]
         if not hasattr(args, "_run"):
             parser.print_help()
             return 2

@@ -82,11 +82,13 @@ class Trainer:
         self.phase: Phase | None = None
         self.stop_reason: str | None = None
         self.backward_passes = 0
+        self._window_start = (time.perf_counter(), 0)  # (time, tokens) where tokens/s is measured from
 
     # ------------------------------------------------------------------------------------ the fit
     def fit(self) -> str:
         """Train to ``max_steps`` (or until stopped). Returns why it ended: done, interrupted."""
         t = self.config.trainer
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         for obj in self.listeners:
             self.plugins.manager.register(obj)
         previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
@@ -244,7 +246,7 @@ class Trainer:
         tokens_per_s = (self.tokens_seen - tok0) / max(now - t0, 1e-9)
         self._window_start = (now, self.tokens_seen)
         row = {**metrics, "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s,
-               "backward_passes": self.backward_passes}
+               "backward_passes": self.backward_passes, "skipped_steps": self.bad_steps_total}
         if self.peak_flops and self.flops_per_token:
             row["mfu"] = tokens_per_s * self.flops_per_token / self.peak_flops
         self.hook.trainframe_log(trainer=self, step=self.step, metrics=row)

@@ -1,0 +1,269 @@
+"""The training loop: accumulation, checkpoints, exact resume, failures, and the CLI around them."""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from trainframe.config import load_config
+from trainframe.engine import checkpoint as ckpt
+from trainframe.engine.build import build_trainer
+from trainframe.engine.loop import TrainingStopped
+from trainframe.errors import UserError
+from trainframe.plugins import load_plugins
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return load_plugins()
+
+
+def make_trainer(plugins, config, run_dir, *overrides):
+    cfg = load_config(config, list(overrides), plugins.registry)
+    return build_trainer(cfg, plugins, run_dir)
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir):
+    return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
+
+
+def test_grad_accum_equals_big_batch(plugins, tiny_config, tmp_path):
+    big = make_trainer(plugins, tiny_config, tmp_path / "a", "trainer.batch_size=32", "trainer.grad_accum=1")
+    small = make_trainer(plugins, tiny_config, tmp_path / "b", "trainer.batch_size=8", "trainer.grad_accum=4")
+    for _ in range(2):
+        big.train_step()
+        small.train_step()
+    assert big.step == small.step == 2
+    for (name, p), q in zip(big.model.named_parameters(), small.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    assert big.tokens_seen == small.tokens_seen == 2 * 32 * 32
+
+
+def test_grad_accum_weights_by_counted_targets(plugins, tiny_config, tmp_path):
+    """With uneven padding, accumulated micro-batches still equal one big batch."""
+    trainers = [make_trainer(plugins, tiny_config, tmp_path / n, f"trainer.batch_size={b}", f"trainer.grad_accum={a}")
+                for n, b, a in (("a", 4, 1), ("b", 2, 2))]
+    for t in trainers:
+        original = t.dataset.next_batch
+
+        def padded(batch_size, original=original):
+            x, y = original(batch_size)
+            y = y.clone()
+            y[(x % 3) == 0] = -1  # chosen by content: the same either way, uneven per micro-batch
+            return x, y
+
+        t.dataset.next_batch = padded
+        t.train_step()
+    for p, q in zip(trainers[0].model.parameters(), trainers[1].model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_write_is_atomic(plugins, tiny_config, tmp_path, monkeypatch):
+    trainer = make_trainer(plugins, tiny_config, tmp_path / "run")
+    trainer.train_step()
+    good = trainer.save()
+    trainer.train_step()
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # as if killed mid-write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save()
+    monkeypatch.undo()
+    files = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert files == [good.name]  # no partial file, no temp file left behind
+    path, state = ckpt.load_latest_good(tmp_path / "run" / "checkpoints")
+    assert path == good and state["loop"]["step"] == 1
+
+
+def test_corrupt_checkpoint_falls_back(plugins, tiny_config, tmp_path, capsys):
+    trainer = make_trainer(plugins, tiny_config, tmp_path / "run")
+    trainer.train_step()
+    first = trainer.save()
+    trainer.train_step()
+    second = trainer.save()
+    second.write_bytes(second.read_bytes()[:1000])  # truncated
+    path, state = ckpt.load_latest_good(tmp_path / "run" / "checkpoints")
+    assert path == first and state["loop"]["step"] == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupt or unreadable checkpoint" in err[0] and second.name in err[0]
+    with pytest.raises(UserError, match="corrupt or unreadable"):
+        ckpt.load(second)
+
+
+def test_keep_last_and_best(plugins, tiny_config, tmp_path):
+    run = tmp_path / "run"
+    trainer = make_trainer(plugins, tiny_config, run, "trainer.max_steps=12", "trainer.save_every=2",
+                           "trainer.keep_last=2", "trainer.eval_every=4")
+    trainer.fit()
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["best.pt", "step_00000010.pt", "step_00000012.pt"]
+    best = ckpt.load(run / "checkpoints" / "best.pt")
+    vals = {r["step"]: r["val_loss"] for r in metrics(run) if "val_loss" in r}
+    assert best["loop"]["best_val"] == min(vals.values())
+    assert best["loop"]["step"] == min(vals, key=vals.get)
+
+
+def test_nonfinite_steps_are_skipped_then_stop(plugins, tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    trainer = make_trainer(plugins, tiny_config, run, "trainer.max_bad_steps=3", "trainer.save_every=0")
+    forward = trainer.forward_model
+    poisoned = {3, 4, 6, 7, 8}  # two bad steps, a good one, then three bad: the run stops
+
+    def maybe_nan(x, y):
+        loss = forward(x, y)
+        return loss * float("nan") if trainer.step in poisoned else loss
+
+    trainer.forward_model = maybe_nan
+    snapshots = {}
+    trainer.hook.trainframe_step_end.call_historic  # the hook exists
+    original_step = trainer.train_step
+
+    def step_and_snapshot():
+        original_step()
+        snapshots[trainer.step] = [p.detach().clone() for p in trainer.model.parameters()]
+
+    trainer.train_step = step_and_snapshot
+    with pytest.raises(TrainingStopped, match="3 consecutive steps with a NaN/Inf"):
+        trainer.fit()
+    assert trainer.step == 9 and trainer.bad_steps_total == 5
+    # Skipped steps leave the weights alone; the saved checkpoint holds the last good weights.
+    for a, b in zip(snapshots[4], snapshots[3]):
+        assert torch.equal(a, b)
+    state = ckpt.load(run / "checkpoints" / "step_00000009.pt")
+    for p, saved in zip(snapshots[6], [state["model"][k] for k, _ in trainer.model.named_parameters()]):
+        assert torch.equal(p, saved)
+    rows = metrics(run)
+    assert rows[-1]["skipped_steps"] == 5 and rows[3]["loss"] is None  # NaN is logged as null
+    assert "non-finite loss or gradient, update skipped" in capsys.readouterr().err
+
+
+def _wait_for_step(run_dir, proc, step, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = run_dir / "metrics.jsonl"
+        if path.exists():
+            rows = [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]
+            if rows and rows[-1]["step"] >= step:
+                return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the step in time")
+
+
+def _start(config, run_dir, *overrides):
+    return subprocess.Popen([sys.executable, "-m", "trainframe", "train", str(config), "--run-dir", str(run_dir),
+                             *overrides], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_and_resume_logs_the_same_losses(tiny_config, tmp_path):
+    overrides = ["trainer.max_steps=40", "trainer.save_every=5", "trainer.eval_every=10", "model.dropout=0.1"]
+    reference = tmp_path / "reference"
+    result = run_cli("train", tiny_config, "--run-dir", reference, *overrides)
+    assert result.returncode == 0, result.stderr
+
+    killed = tmp_path / "killed"
+    proc = _start(tiny_config, killed, *overrides)
+    kill_at = random.Random(os.getpid()).randint(8, 33)
+    _wait_for_step(killed, proc, kill_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = run_cli("resume", killed)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stdout
+
+    assert train_losses(killed) == train_losses(reference)  # exact, step by step
+    val = lambda run: {r["step"]: r["val_loss"] for r in metrics(run) if "val_loss" in r}  # noqa: E731
+    assert val(killed) == val(reference)
+    assert sorted(r["step"] for r in metrics(killed)) == sorted(r["step"] for r in metrics(reference))
+
+
+def test_sigint_saves_and_exits_cleanly(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    proc = _start(tiny_config, run, "trainer.max_steps=100000", "trainer.save_every=0")
+    _wait_for_step(run, proc, 3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in out
+    [(step, path)] = ckpt.step_checkpoints(run / "checkpoints")
+    assert step >= 3 and ckpt.load(path)["loop"]["step"] == step
+
+
+def test_resume_with_longer_wsd_run(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", tiny_config, "--run-dir", run, "schedule={name: wsd, decay_fraction: 0.2}",
+                     "trainer.max_steps=20")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("resume", run, "trainer.max_steps=40")
+    assert result.returncode == 0, result.stderr
+    assert "trainer.max_steps changed from 20 to 40" in result.stdout
+    lrs = {r["step"]: r["lr"] for r in metrics(run) if "lr" in r}
+    assert max(lrs) == 40 and lrs[25] == pytest.approx(3e-3)  # back in the stable phase
+    assert "max_steps: 40" in (run / "config.yaml").read_text()
+    again = run_cli("resume", run)
+    assert again.returncode == 0 and "the run is complete" in again.stdout
+
+
+def test_train_leaves_a_complete_run_dir_and_generates(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", tiny_config, "--run-dir", run, "trainer.sample_tokens=20",
+                     "trainer.sample_prompt=ROMEO", "loggers=[{name: jsonl}, {name: tensorboard}, {name: console}]")
+    assert result.returncode == 0, result.stderr
+    assert "parameters" in result.stdout and "step 30/30" in result.stdout
+    assert (run / "config.yaml").exists() and (run / "samples.txt").read_text().count("ROMEO") >= 1
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    row = metrics(run)[0]
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "phase"} <= row.keys()
+    assert any("val_loss" in r and "val_ppl" in r for r in metrics(run))
+    gen = run_cli("generate", run, "--prompt", "To be", "--max-tokens", "15", "--temperature", "0")
+    assert gen.returncode == 0, gen.stderr
+    assert gen.stdout.startswith("To be") and len(gen.stdout) > len("To be")
+    again = run_cli("train", tiny_config, "--run-dir", run)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.path=/nonexistent/corpus.txt"], "data.path: no file matches '/nonexistent/corpus.txt'"),
+    (["tokenizer.name=nope"], "command line: tokenizer.name: unknown tokenizer 'nope'"),
+    (["callbacks=[{name: not_installed}]"], "command line: callbacks.0.name: unknown callback 'not_installed'"),
+])
+def test_cli_bad_input_exits_2(tiny_config, tmp_path, overrides, message):
+    result = run_cli("train", tiny_config, "--run-dir", tmp_path / "run", *overrides)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_cli_unwritable_run_dir(tiny_config, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_cli("train", tiny_config, "--run-dir", blocker / "run")
+    assert result.returncode == 2 and "run directory is not writable" in result.stderr
+    assert blocker.read_text() == "not a directory"
+
+
+def test_resume_errors(tmp_path):
+    result = run_cli("resume", tmp_path)
+    assert result.returncode == 2 and "not a run directory" in result.stderr
+
+
+def test_plugins_command_lists_builtins():
+    result = run_cli("plugins")
+    assert result.returncode == 0
+    assert "trainframe 0.1.0" in result.stdout and "schedule: constant, cosine, wsd" in result.stdout
