@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .grammar import NEVER, Arr, Bool, Enum, Node, Null, Num, Obj, Str, StrSpec, Union, json_key, json_type
-from .vocab import BYTE0, END, N_CHOICE, Vocab
+from .grammar import NEVER, Node, Obj, StrSpec, json_key, json_type
+from .vocab import END, N_CHOICE, Vocab
 
 
 class SchemaEncodeError(ValueError):
@@ -351,7 +351,8 @@ def _second_byte_ok(lead: int, second: int) -> bool:
 class StreamDecoder:
     """Consumes tokens one at a time; knows what may come next.
 
-    >>> d = tok.stream(); d.feed(t0); d.feed(t1); mask = d.allowed(); d.complete
+    Usage: ``d = tok.stream()``, then ``d.allowed()`` (a mask) and ``d.feed(token)`` per step,
+    until ``d.done``; ``d.result`` is the document and ``d.partial()`` the document so far.
     """
 
     def __init__(self, root: Node, tables: Tables) -> None:

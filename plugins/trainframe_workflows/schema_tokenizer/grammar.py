@@ -344,7 +344,6 @@ class Obj(Node):
         self.predicate = KeyPredicate(predicate, self.key_allowed) if predicate is not None else None
         self._value_nodes: dict[str, Node] = {}
         self.options_cache: dict[tuple, tuple[int, ...]] = {}  # decoder: allowed choices per key state
-        self._free_nodes: dict[tuple, Node] = {}
         self.free_allowed = any(self._free_possible())
         self.key_spec = self._key_spec()
 
@@ -552,7 +551,7 @@ class Compiler:
                     for gj, other in enumerate(groups):
                         if gj != gi and not all(_disjoint(alt, o) for o in other):
                             v = self.validator(branches[gj])
-                            alt = _with_check(alt, (f"matches more than one oneOf branch", lambda x, v=v: not v.is_valid(x)))
+                            alt = _with_check(alt, ("matches more than one oneOf branch", lambda x, v=v: not v.is_valid(x)))
                 alts.append(alt)
         if not alts:
             return NEVER
@@ -644,7 +643,6 @@ class Compiler:
             if s.get("uniqueItems") or "contains" in s:
                 v = self.validator(self.without(s, frozenset({"items", "additionalItems", "allOf", "anyOf", "oneOf", "not"})))
                 checks.append(("array items", lambda x, v=v: v.is_valid(x)))
-        # Items before a tuple-form prefix entry also get the list-form schemas of other parts.
         mn = max([s.get("minItems", 0) for s in flat] + [0])
         mxs = [s["maxItems"] for s in flat if "maxItems" in s]
         node = Arr(self, [tuple(p) for p in prefix], None if rest_forbidden else tuple(rest), mn, min(mxs) if mxs else None)
