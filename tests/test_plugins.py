@@ -239,8 +239,6 @@ def test_loss_spike_callback(example_plugin, tmp_path):
     assert json.loads((tmp_path / "loss_spikes.json").read_text())["spikes"][0]["loss"] == 9.0
 
 
-@pytest.mark.xfail(strict=True, reason="engine: Trainer.fit registers loggers and callbacks only when fit starts, "
-                                       "after Trainer.resume fired trainframe_load_checkpoint, so their state is lost")
 def test_callback_state_survives_resume(site, text_file, tmp_path, monkeypatch):
     from trainframe.config import load_config
     from trainframe.engine.build import build_trainer
@@ -418,8 +416,6 @@ def test_good_registration_merges_components_and_commands():
     assert plugins.registry.commands["flat show"].plugin == "flat"
 
 
-@pytest.mark.xfail(strict=True, reason="engine: plugins.load_plugins does not catch pluggy.PluginValidationError "
-                                       "from manager.register, so a hook with a wrong argument crashes every command")
 def test_hook_with_unknown_argument_is_isolated():
     @trainframe.hookimpl
     def trainframe_step_end(trainer, stp):

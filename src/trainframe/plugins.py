@@ -48,7 +48,7 @@ def _disabled() -> set[str]:
     return {n.strip() for n in os.environ.get("TRAINFRAME_DISABLE_PLUGINS", "").split(",") if n.strip()}
 
 
-def _hook_problems(manager: pluggy.PluginManager, plugin) -> str | None:
+def hook_problems(manager: pluggy.PluginManager, plugin) -> str | None:
     """A misspelled hook implementation: marked with @hookimpl but matching no hookspec."""
     known = [n for n in dir(hookspecs) if n.startswith("trainframe_")]
     for impl_name in dir(plugin):
@@ -58,6 +58,12 @@ def _hook_problems(manager: pluggy.PluginManager, plugin) -> str | None:
             hint = f" (did you mean '{match[0]}'?)" if match else ""
             return f"implements unknown hook '{impl_name}'{hint}"
     return None
+
+
+def invalid_hook_message(error: pluggy.PluginValidationError) -> str:
+    """pluggy's several-line message as one line: which hook, and which arguments are wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "has an invalid hook implementation: " + "; ".join(lines[1:] or lines)
 
 
 def _entry_points():
@@ -91,11 +97,15 @@ def load_plugins(extra: list[tuple[str, object]] | None = None) -> Plugins:
             candidates.append((name, "local", getattr(module, "__name__", name), module))
 
     for name, version, where, module in candidates:
-        problem = _hook_problems(manager, module)
+        problem = hook_problems(manager, module)
         if problem:
             plugins.info.append(PluginInfo(name, version, where, problem))
             continue
-        manager.register(module, name=name)
+        try:
+            manager.register(module, name=name)
+        except pluggy.PluginValidationError as e:  # e.g. a hook argument the spec does not have
+            plugins.info.append(PluginInfo(name, version, where, invalid_hook_message(e)))
+            continue
         plugins.info.append(PluginInfo(name, version, where))
 
     # Each plugin registers into its own scratch registry first, so a plugin that fails halfway

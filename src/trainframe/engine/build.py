@@ -6,11 +6,13 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pluggy
 import torch
 
 from trainframe.config import RunConfig
 from trainframe.engine.loop import Trainer
 from trainframe.errors import UserError
+from trainframe.plugins import hook_problems, invalid_hook_message
 
 
 def pick_device(spec: str) -> torch.device:
@@ -55,9 +57,19 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, rank: int = 0, world_s
     optimizer = _make(plugins, "optimizer", cfg.optim, cfg.components["optim"], model, device)
     schedule = _make(plugins, "schedule", cfg.schedule, cfg.components["schedule"], cfg.trainer.max_steps)
     controller = _make(plugins, "phases", cfg.phases, cfg.components["phases"])
-    listeners = [_make(plugins, "logger", section, sub, run_dir=run_dir)
-                 for section, sub in zip(cfg.loggers, cfg.components["loggers"])]
-    listeners += [_make(plugins, "callback", section, sub, run_dir=run_dir)
-                  for section, sub in zip(cfg.callbacks, cfg.components["callbacks"])]
+    listeners = []
+    for kind, section in (("logger", "loggers"), ("callback", "callbacks")):
+        for raw, sub in zip(getattr(cfg, section), cfg.components[section]):
+            listener = _make(plugins, kind, raw, sub, run_dir=run_dir)
+            problem = hook_problems(plugins.manager, listener)
+            if problem is None:
+                try:  # checks hook argument names against the specs, then undoes the registration
+                    plugins.manager.register(listener)
+                    plugins.manager.unregister(listener)
+                except pluggy.PluginValidationError as e:
+                    problem = invalid_hook_message(e)
+            if problem:
+                raise UserError(f"{kind} '{raw['name']}' {problem}")
+            listeners.append(listener)
     return Trainer(cfg, plugins, run_dir, model=model, tokenizer=tokenizer, dataset=dataset, optimizer=optimizer,
                    schedule=schedule, controller=controller, listeners=listeners, device=device)

@@ -89,8 +89,7 @@ class Trainer:
         """Train to ``max_steps`` (or until stopped). Returns why it ended: done, interrupted."""
         t = self.config.trainer
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for obj in self.listeners:
-            self.plugins.manager.register(obj)
+        self._attach_listeners()
         previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
         self.hook.trainframe_fit_start(trainer=self)
         try:
@@ -120,6 +119,12 @@ class Trainer:
                 f"{self.step}; the last good weights are in {ckpt.step_path(self.run_dir / 'checkpoints', self.step)}"
                 " (lower optim.lr or raise trainer.grad_clip)")
         return self.stop_reason or "done"
+
+    def _attach_listeners(self) -> None:
+        """Loggers and callbacks receive hooks from here on (also checkpoint loads on resume)."""
+        for obj in self.listeners:
+            if not self.plugins.manager.is_registered(obj):
+                self.plugins.manager.register(obj)
 
     def _on_sigint(self, signum, frame):
         if self.stop_reason == "interrupted":  # a second Ctrl-C: stop now
@@ -337,6 +342,7 @@ class Trainer:
     def resume(self) -> tuple[Path, int]:
         """Load the newest good checkpoint of this run. Returns (its path, the max_steps it had)."""
         path, state = ckpt.load_latest_good(self.run_dir / "checkpoints", map_location=self.device)
+        self._attach_listeners()
         self.load_state_dict(state)
         truncate_metrics(self.run_dir, self.step)
         return path, state["loop"]["max_steps"]
