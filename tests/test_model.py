@@ -312,3 +312,15 @@ def test_gqa_fallback_matches_enable_gqa(monkeypatch):
     native = m(idx)
     monkeypatch.setattr(gpt, "_HAS_ENABLE_GQA", False)  # torch < 2.5 path: repeat k/v heads
     torch.testing.assert_close(m(idx), native, rtol=1e-5, atol=1e-5)
+
+
+def test_eager_attention_matches_sdpa():
+    torch.manual_seed(0)
+    cfg = ModelConfig(preset="tiny", vocab_size=50, n_kv_head=2, qk_norm=True)
+    sdpa = GPT(cfg.resolved()).eval()
+    eager = GPT(cfg.model_copy(update={"attention": "eager"}).resolved()).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    idx = torch.randint(0, 50, (2, 16))
+    torch.testing.assert_close(eager(idx), sdpa(idx), rtol=1e-4, atol=1e-5)
+    prompt = idx[:, :4]
+    assert torch.equal(eager.generate(prompt, 8, temperature=0), sdpa.generate(prompt, 8, temperature=0))

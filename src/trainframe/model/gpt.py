@@ -55,6 +55,9 @@ class ModelConfig(ComponentConfig):
     qk_norm: bool | None = Field(None, description="RMSNorm on queries and keys per head")
     rope_theta: float | None = Field(None, gt=0.0, description="RoPE base")
     tie_embeddings: bool | None = Field(None, description="lm_head shares the token embedding matrix")
+    attention: Literal["sdpa", "eager"] | None = Field(
+        None, description="sdpa: fused kernels (flash attention on CUDA); eager: plain matmul-softmax, for debugging"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
@@ -185,6 +188,21 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+def _eager_attention(q, k, v, mask, causal: bool, dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v written out; matches SDPA, for debugging and comparison."""
+    if k.shape[1] != q.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if causal:
+        T, S = q.shape[-2], k.shape[-2]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+    return weights @ v
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, linear: LinearFactory):
         super().__init__()
@@ -192,6 +210,7 @@ class Attention(nn.Module):
         self.head_dim = cfg.d_model // cfg.n_head
         self.qk_norm = cfg.qk_norm
         self.dropout = cfg.dropout
+        self.sdpa = cfg.attention == "sdpa"
         self.q = linear(cfg.d_model, self.n_head * self.head_dim)
         self.k = linear(cfg.d_model, self.n_kv_head * self.head_dim)
         self.v = linear(cfg.d_model, self.n_kv_head * self.head_dim)
@@ -225,10 +244,12 @@ class Attention(nn.Module):
         elif gqa:
             rep = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0, **extra,
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                               dropout_p=dropout_p, **extra)
+        else:
+            y = _eager_attention(q, k, v, mask, causal and mask is None, dropout_p)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 

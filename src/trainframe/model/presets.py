@@ -18,6 +18,7 @@ DEFAULTS: dict[str, Any] = {
     "qk_norm": False,
     "rope_theta": 10000.0,
     "tie_embeddings": False,
+    "attention": "sdpa",
 }
 
 # The workflow model trains on a small corpus, so the whole family keeps the dropout the issue
