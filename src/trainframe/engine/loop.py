@@ -98,8 +98,10 @@ class Trainer:
                 self.train_step()
                 if t.eval_every and self.step % t.eval_every == 0 and self.step < self.max_steps:
                     self.evaluate()
+                    self._window_start = (time.perf_counter(), self.tokens_seen)  # tokens/s counts training only
                 if t.save_every and self.step % t.save_every == 0 and self.step < self.max_steps:
                     self.save()
+                    self._window_start = (time.perf_counter(), self.tokens_seen)
             if self.stop_reason is None:
                 self.evaluate()
             self.save()
@@ -341,7 +343,8 @@ class Trainer:
 
     def resume(self) -> tuple[Path, int]:
         """Load the newest good checkpoint of this run. Returns (its path, the max_steps it had)."""
-        path, state = ckpt.load_latest_good(self.run_dir / "checkpoints", map_location=self.device)
+        # On the CPU first: RNG states must stay CPU tensors; model and optimizer loads move the rest.
+        path, state = ckpt.load_latest_good(self.run_dir / "checkpoints")
         self._attach_listeners()
         self.load_state_dict(state)
         truncate_metrics(self.run_dir, self.step)
