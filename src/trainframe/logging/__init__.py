@@ -145,7 +145,10 @@ class ConsoleLogger:
             parts.append(f"phase {metrics['phase']}")
         info = " | ".join(parts)
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, info=info)
+            if "val_loss" in metrics:  # evals stay on screen above the bar
+                self.progress.console.print(f"step {step}: {info}")
+            else:
+                self.progress.update(self.task, completed=step, info=info)
         else:
             print(f"step {step}/{self.max_steps} | {info} | eta {self._eta(step)}", flush=True)
 
