@@ -91,8 +91,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._attach_listeners()
         previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-        self.hook.trainframe_fit_start(trainer=self)
         try:
+            self.hook.trainframe_fit_start(trainer=self)
             self._window_start = (time.perf_counter(), self.tokens_seen)
             while self.step < self.max_steps and self.stop_reason is None:
                 self.train_step()
@@ -288,7 +288,10 @@ class Trainer:
         t = self.config.trainer
         if not t.sample_tokens or not hasattr(self.model, "generate"):
             return None
-        prompt_ids = self.tokenizer.encode(t.sample_prompt) or [getattr(self.tokenizer, "eos_id", 0)]
+        try:
+            prompt_ids = self.tokenizer.encode(t.sample_prompt) or [getattr(self.tokenizer, "eos_id", 0)]
+        except ValueError:  # a structured tokenizer (e.g. schema) cannot encode a free-text prompt
+            return None
         idx = torch.tensor([prompt_ids], device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.model.eval()
