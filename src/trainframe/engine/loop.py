@@ -163,10 +163,10 @@ class Trainer:
         if self.step % t.log_every == 0 or self.step == self.max_steps:
             self._log_train(metrics)
 
-    def _full_step(self, batches) -> tuple[float, float | None, dict]:
-        t = self.config.trainer
-        # Weight each micro-batch by its share of counted targets, so accumulation over micro-batches
-        # equals one big batch even when padding (-1 targets) is uneven.
+    def _losses(self, batches, backward: bool) -> torch.Tensor:
+        """The step's loss over its micro-batches, running backward per micro-batch when asked.
+        Each micro-batch is weighted by its share of counted targets, so accumulation equals one
+        big batch even when padding (-1 targets) is uneven."""
         counts = [(y != -1).sum() for _, y in batches]
         total = torch.stack(counts).sum().clamp(min=1)
         loss_sum = torch.zeros((), device=self.device)
@@ -175,9 +175,15 @@ class Trainer:
             with self.autocast:
                 loss = self.forward_model(x, y)
             self.hook.trainframe_after_loss(trainer=self, loss=loss)
-            weighted = loss * (n / total)
-            weighted.backward()
+            weighted = loss.float() * (n / total)
+            if backward:
+                weighted.backward()
             loss_sum += weighted.detach()
+        return loss_sum
+
+    def _full_step(self, batches) -> tuple[float, float | None, dict]:
+        t = self.config.trainer
+        loss_sum = self._losses(batches, backward=True)
         self.backward_passes += len(batches)
         clip = t.grad_clip if t.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
@@ -204,16 +210,7 @@ class Trainer:
 
     @torch.no_grad()
     def _forward_only(self, batches) -> float:
-        counts = [(y != -1).sum() for _, y in batches]
-        total = torch.stack(counts).sum().clamp(min=1)
-        loss_sum = torch.zeros((), device=self.device)
-        for (x, y), n in zip(batches, counts):
-            self.hook.trainframe_batch_ready(trainer=self, batch=(x, y))
-            with self.autocast:
-                loss = self.forward_model(x, y)
-            self.hook.trainframe_after_loss(trainer=self, loss=loss)
-            loss_sum += loss.float() * (n / total)
-        return loss_sum.item()
+        return self._losses(batches, backward=False).item()
 
     def apply_weight_delta(self, deltas, alpha: float = 1.0) -> None:
         """The one way a phase controller changes weights: ``p += alpha * delta`` for each
