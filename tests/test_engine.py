@@ -1,7 +1,6 @@
 """The training loop: accumulation, checkpoints, exact resume, failures, and the CLI around them."""
 
 import json
-import math
 import os
 import random
 import signal
@@ -130,7 +129,6 @@ def test_nonfinite_steps_are_skipped_then_stop(plugins, tiny_config, tmp_path, c
 
     trainer.forward_model = maybe_nan
     snapshots = {}
-    trainer.hook.trainframe_step_end.call_historic  # the hook exists
     original_step = trainer.train_step
 
     def step_and_snapshot():

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from trainframe import __version__
 from trainframe.config import load_config
 from trainframe.engine import checkpoint as ckpt
 from trainframe.errors import UserError

@@ -127,11 +127,11 @@ def load_plugins(extra: list[tuple[str, object]] | None = None) -> Plugins:
 
 def _merge_registry(into: Registry, new: Registry) -> None:
     for kind, table in new.components.items():
-        for name, comp in table.items():
+        for name in table:
             if name in into.components[kind]:
                 other = into.components[kind][name].plugin
                 raise ValueError(f"{kind} '{name}' is already registered by plugin '{other}'")
-    for name, cmd in new.commands.items():
+    for name in new.commands:
         if name in into.commands:
             raise ValueError(f"command '{name}' is already registered by plugin '{into.commands[name].plugin}'")
     for kind, table in new.components.items():
