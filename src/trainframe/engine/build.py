@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, rank: int = 0, world_s
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.trainer.device)
+    if cfg.trainer.deterministic:
+        # cuBLAS needs a fixed workspace to be repeatable; set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     tokenizer = build_tokenizer(cfg, plugins)
     model = build_model(cfg, plugins, tokenizer).to(device)
     context = model.config.context
