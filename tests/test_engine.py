@@ -265,3 +265,11 @@ def test_plugins_command_lists_builtins():
     result = run_cli("plugins")
     assert result.returncode == 0
     assert "trainframe 0.1.0" in result.stdout and "schedule: constant, cosine, wsd" in result.stdout
+
+
+def test_deterministic_switch_runs_and_changes_nothing_on_cpu(tiny_config, tmp_path):
+    plain, det = tmp_path / "plain", tmp_path / "det"
+    for run, extra in ((plain, []), (det, ["trainer.deterministic=true"])):
+        result = run_cli("train", tiny_config, "--run-dir", run, "trainer.max_steps=8", *extra)
+        assert result.returncode == 0, result.stderr
+    assert train_losses(plain) == train_losses(det)
