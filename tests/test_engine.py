@@ -223,7 +223,7 @@ def test_train_leaves_a_complete_run_dir_and_generates(tiny_config, tmp_path):
     result = run_cli("train", tiny_config, "--run-dir", run, "trainer.sample_tokens=20",
                      "trainer.sample_prompt=ROMEO", "loggers=[{name: jsonl}, {name: tensorboard}, {name: console}]")
     assert result.returncode == 0, result.stderr
-    assert "parameters" in result.stdout and "step 30/30" in result.stdout
+    assert "M params" in result.stdout and "step 30/30" in result.stdout
     assert (run / "config.yaml").exists() and (run / "samples.txt").read_text().count("ROMEO") >= 1
     assert list((run / "tb").glob("events.out.tfevents.*"))
     row = metrics(run)[0]

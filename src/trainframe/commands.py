@@ -40,14 +40,13 @@ def train_args(p: argparse.ArgumentParser) -> None:
 
 def _describe_run(trainer) -> None:
     model = trainer.model
-    mc = model.config
-    cfg = trainer.config
-    preset = f" preset {mc.preset}" if getattr(mc, "preset", None) else ""
-    print(f"model: {cfg.model['name']}{preset}, {mc.d_model}d x {mc.n_layer}L, context {mc.context}, "
-          f"vocab {mc.vocab_size}: {model.num_params() / 1e6:.2f}M parameters")
-    t = cfg.trainer
-    print(f"device: {trainer.device}, batch {t.batch_size} x accum {t.grad_accum} x context {mc.context}, "
-          f"{t.max_steps} steps; run dir {trainer.run_dir}", flush=True)
+    if hasattr(model, "summary"):
+        print(f"model: {model.summary()}")
+    else:  # a plugin's model: count what we can
+        print(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    t = trainer.config.trainer
+    print(f"device: {trainer.device}, batch {t.batch_size} x accum {t.grad_accum} x context "
+          f"{trainer.context}, {t.max_steps} steps; run dir {trainer.run_dir}", flush=True)
 
 
 def _fit(trainer) -> int:

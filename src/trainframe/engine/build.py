@@ -57,7 +57,7 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, rank: int = 0, world_s
         torch.backends.cudnn.benchmark = False
     tokenizer = build_tokenizer(cfg, plugins)
     model = build_model(cfg, plugins, tokenizer).to(device)
-    context = model.config.context
+    context = model.config.context  # a model plugin exposes its context length the same way
     dataset = _make(plugins, "dataset", cfg.data, cfg.components["data"], tokenizer=tokenizer, context=context,
                     seed=cfg.seed, rank=rank, world_size=world_size)
     optimizer = _make(plugins, "optimizer", cfg.optim, cfg.components["optim"], model, device)

@@ -72,6 +72,7 @@ class Trainer:
         use_compile = t.compile if t.compile is not None else device.type == "cuda"
         self.forward_model = torch.compile(model) if use_compile else model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.context = model.config.context
         self.flops_per_token = model.flops_per_token() if hasattr(model, "flops_per_token") else None
         self.peak_flops = peak_flops(device)
         self.step = 0
