@@ -290,14 +290,11 @@ def _error_text(err: dict, model: type[BaseModel], loc: tuple, valid_keys) -> st
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    current: Any = model
-    for part in loc[:-1]:
-        field = current.model_fields.get(str(part)) if isinstance(current, type) else None
-        if field is None:
-            return []
-        current = field.annotation
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+    """The keys allowed next to the last key of ``loc`` (for 'did you mean' hints)."""
+    field = _field(model, loc[:-1]) if loc[:-1] else None
+    parent = field.annotation if field is not None else (model if not loc[:-1] else None)
+    if isinstance(parent, type) and issubclass(parent, BaseModel):
+        return list(parent.model_fields)
     return []
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,8 +57,6 @@ def write_shards(out_dir: Path, token_chunks, vocab_size: int, meta: dict, shard
     try:
         os.replace(tmp, out_dir)
     except OSError:  # another process finished the same cache first: keep theirs
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return json.loads((out_dir / INDEX).read_text())
 
