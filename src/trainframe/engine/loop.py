@@ -274,6 +274,9 @@ class Trainer:
             return None
         val_loss = loss_sum / count
         metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+        chars_per_token = getattr(self.dataset, "chars_per_token", None)
+        if chars_per_token:  # bits per character: comparable across tokenizers
+            metrics["val_bpc"] = val_loss / math.log(2) / chars_per_token
         self.hook.trainframe_eval_end(trainer=self, step=self.step, metrics=metrics)
         self.hook.trainframe_log(trainer=self, step=self.step, metrics=dict(metrics))
         if val_loss < self.best_val:

@@ -1,0 +1,1 @@
+"""Hybrid predictive training: warmup / full / predict / correct with a learned dynamics model."""

@@ -1,0 +1,1 @@
+"""Text data: HF datasets and local files, weighted mixtures, token shards, BPE tokenizers."""

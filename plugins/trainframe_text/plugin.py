@@ -1,0 +1,8 @@
+"""Registration entry point (filled in by this plugin's components)."""
+
+import trainframe
+
+
+@trainframe.hookimpl
+def trainframe_register(registry):
+    pass
