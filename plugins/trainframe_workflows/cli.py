@@ -1,7 +1,7 @@
 """``trainframe tokenizer check`` and ``trainframe tokenizer train``.
 
-``tokenizer train`` dispatches on ``--kind``; a plugin adds a kind with :func:`add_train_kind`
-(its own options and its run function), so one command trains every tokenizer family.
+``tokenizer train`` is a core command that dispatches on ``--kind``; this plugin registers the
+``schema`` kind (``registry.add_tokenizer_trainer``) with the options and run function below.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jsonschema
 import yaml
 
+from trainframe.commands import tokenizer_train_args, tokenizer_train_main
 from trainframe.errors import UserError
 
 from .corpus import iter_texts
@@ -160,55 +160,25 @@ def _print_report(r: dict, show: int) -> None:
     print(f"docs per second    {r['docs_per_s']} (encode, YAML/JSON text to tokens)", file=out)
 
 
-# --- tokenizer train ----------------------------------------------------------------------------
+# --- tokenizer train --kind schema ------------------------------------------------------------
+# The command itself lives in core (trainframe.commands); these names keep it importable from here.
+train_args, train_main = tokenizer_train_args, tokenizer_train_main
 
 
-@dataclass(frozen=True)
-class TrainKind:
-    run: Callable[[argparse.Namespace], int | None]
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    help: str = ""
-
-
-TRAIN_KINDS: dict[str, TrainKind] = {}
-
-
-def add_train_kind(name: str, run, add_arguments=None, help: str = "") -> None:
-    """Make ``trainframe tokenizer train --kind NAME`` available. Options must not clash."""
-    if name in TRAIN_KINDS:
-        raise ValueError(f"tokenizer train kind {name!r} is defined twice")
-    TRAIN_KINDS[name] = TrainKind(run, add_arguments, help)
-
-
-def train_args(p: argparse.ArgumentParser) -> None:
-    kinds = sorted(TRAIN_KINDS)
-    p.add_argument("--kind", required=True, choices=kinds,
-                   help="; ".join(f"{k}: {TRAIN_KINDS[k].help}" for k in kinds))
-    p.add_argument("--data", required=True, help="training corpus")
-    p.add_argument("--out", default=None, help="vocabulary file to write")
-    p.add_argument("--vocab-size", type=int, default=8192, help="total ids, special tokens included")
-    for k in kinds:
-        if TRAIN_KINDS[k].add_arguments:
-            group = p.add_argument_group(f"--kind {k}")
-            TRAIN_KINDS[k].add_arguments(group)
-
-
-def train_main(args: argparse.Namespace) -> int:
-    return int(TRAIN_KINDS[args.kind].run(args) or 0)
-
-
-def _schema_train_args(g) -> None:
+def schema_train_args(g) -> None:
     g.add_argument("--schema", default="github-workflow", help="schema name or JSON Schema file")
     g.add_argument("--max-dict", type=int, default=2048, help="most dictionary strings")
 
 
-def _schema_train(args: argparse.Namespace) -> int:
+def schema_train(args: argparse.Namespace) -> int:
     from .schema_tokenizer import SchemaNotFound, load_schema
     from .schema_tokenizer.grammar import Compiler
     from .schema_tokenizer.train import train_vocab
     from .schema_tokenizer.vocab import FIRST_LEARNED
     from .schema_tokenizer.yaml_loader import load_document
 
+    if not args.data:
+        raise UserError("--data: required for --kind schema (a .jsonl of {'yaml': ...} rows, a directory or a file)")
     if args.vocab_size < FIRST_LEARNED + 2:
         raise UserError(f"--vocab-size: expected at least {FIRST_LEARNED + 2}, got {args.vocab_size}")
     try:
@@ -234,7 +204,3 @@ def _schema_train(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {vocab.size} ids, {len(vocab.dictionary)} dictionary strings, {len(vocab.merges)} merges "
           f"from {vocab.meta['documents']} documents")
     return 0
-
-
-add_train_kind("schema", _schema_train, _schema_train_args,
-               help="dictionary + BPE merges for the schema tokenizer")

@@ -1,4 +1,4 @@
-"""Registers the workflow tokenizers and the ``tokenizer check`` / ``tokenizer train`` commands."""
+"""Registers the workflow tokenizers, the ``tokenizer check`` command and the ``schema`` tokenizer trainer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import trainframe
 from trainframe.config import ComponentConfig
 from trainframe.errors import UserError
 
-from .cli import check_args, check_main, train_args, train_main
+from .cli import check_args, check_main, schema_train, schema_train_args
 from .tct import TctConfig, build_tct_tokenizer
 
 
@@ -54,5 +54,5 @@ def trainframe_register(registry):
                  help="the compiled tct_github_workflow wheel, when installed")
     registry.add_command("tokenizer check", run=check_main, add_arguments=check_args,
                          help="encode a workflow collection: validity, round trip, tokens, speed")
-    registry.add_command("tokenizer train", run=train_main, add_arguments=train_args,
-                         help="learn a tokenizer vocabulary from a corpus and write it to one file")
+    registry.add_tokenizer_trainer("schema", schema_train, schema_train_args,
+                                   help="dictionary + BPE merges for the schema tokenizer (--data FILE)")

@@ -191,6 +191,40 @@ def generate_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- tokenizer train
+def tokenizer_train_args(p: argparse.ArgumentParser) -> None:
+    trainers = _plugins().registry.components["tokenizer_trainer"]
+    p.add_argument("config", nargs="?", help="a run config: train the tokenizer it names on its data")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the run config")
+    p.add_argument("--kind", choices=sorted(trainers),
+                   help="which tokenizer to train (default: the config's tokenizer.name); "
+                   + "; ".join(f"{name}: {t.help}" for name, t in sorted(trainers.items())))
+    p.add_argument("--data", default=None, help="training corpus, for kinds that read a file instead of a config")
+    p.add_argument("--out", default=None, help="file to write (default: where the config or kind says)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="total ids, special tokens included (default 8192)")
+    for name, trainer in sorted(trainers.items()):
+        if trainer.add_arguments:
+            trainer.add_arguments(p.add_argument_group(f"--kind {name}"))
+
+
+def tokenizer_train_main(args: argparse.Namespace) -> int:
+    """Run the trainer that ``--kind`` names, or the one for the config's ``tokenizer.name``.
+    The trainer receives ``args`` with ``args.run_config`` set (the validated config, or None)."""
+    registry = _plugins().registry
+    trainers = registry.components["tokenizer_trainer"]
+    args.run_config = load_config(args.config, args.overrides, registry) if args.config else None
+    kind = args.kind
+    if kind is None:
+        if args.run_config is None:
+            raise UserError("tokenizer train: give a run CONFIG (its tokenizer.name picks the kind) or --kind "
+                            f"({', '.join(sorted(trainers)) or 'none registered'})")
+        kind = args.run_config.tokenizer["name"]
+        if kind not in trainers:
+            raise UserError(f"{args.config}: tokenizer.name: '{kind}' has no trainer; pass --kind "
+                            f"({', '.join(sorted(trainers)) or 'none registered'})")
+    return int(registry.get("tokenizer_trainer", kind).factory(args) or 0)
+
+
 def register_commands(registry) -> None:
     registry.add_command("train", train_main, train_args, help="train a model from a YAML config")
     registry.add_command("resume", resume_main, resume_args, help="continue a run from its newest good checkpoint")
@@ -198,3 +232,5 @@ def register_commands(registry) -> None:
     registry.add_command("config validate", config_validate_main, _config_args, help="check a config")
     registry.add_command("plugins", plugins_main, help="list plugins, versions and what each registers")
     registry.add_command("generate", generate_main, generate_args, help="sample text from a trained run")
+    registry.add_command("tokenizer train", tokenizer_train_main, tokenizer_train_args,
+                         help="learn a tokenizer (the kind a config names, or --kind) and write it to one file")

@@ -20,7 +20,8 @@ from typing import Any, Callable
 from trainframe.config import ComponentConfig
 from trainframe.errors import UserError
 
-KINDS = ("dataset", "tokenizer", "model", "optimizer", "schedule", "phases", "logger", "callback")
+KINDS = ("dataset", "tokenizer", "model", "optimizer", "schedule", "phases", "logger", "callback",
+         "tokenizer_trainer")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Component:
     config: type[ComponentConfig]
     plugin: str
     help: str = ""
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # tokenizer trainers' options
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,22 @@ class Registry:
         if name in self.commands:
             raise ValueError(f"command {name!r} is registered twice")
         self.commands[name] = Command(name, run, add_arguments, help, self.current_plugin)
+
+    def add_tokenizer_trainer(
+        self,
+        name: str,
+        run: Callable[[argparse.Namespace], int | None],
+        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        help: str = "",
+    ) -> None:
+        """Make ``trainframe tokenizer train --kind NAME`` train this kind of tokenizer. A run config
+        whose ``tokenizer.name`` is NAME picks it without ``--kind``. ``add_arguments`` adds the
+        kind's own options (they share one parser with every other kind's, so names must not clash)."""
+        if name in self.components["tokenizer_trainer"]:
+            other = self.components["tokenizer_trainer"][name].plugin
+            raise ValueError(f"tokenizer trainer {name!r} is registered twice (by {other} and {self.current_plugin})")
+        self.components["tokenizer_trainer"][name] = Component(
+            "tokenizer_trainer", name, run, ComponentConfig, self.current_plugin, help, add_arguments)
 
     def get(self, kind: str, name: str) -> Component:
         table = self.components[kind]

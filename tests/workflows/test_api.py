@@ -119,7 +119,7 @@ def test_config_and_bad_names_are_user_errors():
         comp.factory(comp.config(**{"schema": "nope"}))
     with pytest.raises(UserError, match="tokenizer.vocab: missing.json: no such file"):
         comp.factory(comp.config(vocab="missing.json"))
-    assert {"tokenizer check", "tokenizer train"} <= set(reg.commands)
+    assert "tokenizer check" in reg.commands and "schema" in reg.components["tokenizer_trainer"]
 
 
 @pytest.mark.skipif("tct" in BACKENDS, reason="the tct wheel is installed")
