@@ -41,6 +41,8 @@ class TrainerConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool | None = Field(None, description="torch.compile the model; null = on for CUDA")
     deterministic: bool = Field(False, description="deterministic kernels: bitwise-repeatable CUDA runs, slower")
+    distributed: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="data parallelism under torchrun: ddp (replicated weights) or fsdp2 (sharded)")
     eval_every: int = Field(200, ge=0, description="steps between evals; 0 = only at the end")
     eval_batches: int = Field(20, gt=0)
     log_every: int = Field(10, gt=0)

@@ -11,6 +11,8 @@ import pluggy
 import torch
 
 from trainframe.config import RunConfig
+from trainframe.engine import distributed
+from trainframe.engine.distributed import World
 from trainframe.engine.loop import Trainer
 from trainframe.errors import UserError
 from trainframe.plugins import hook_problems, invalid_hook_message
@@ -45,11 +47,13 @@ def build_model(cfg: RunConfig, plugins, tokenizer):
     return _make(plugins, "model", cfg.model, cfg.components["model"], vocab_size=tokenizer.vocab_size())
 
 
-def build_trainer(cfg: RunConfig, plugins, run_dir: Path, rank: int = 0, world_size: int = 1) -> Trainer:
+def build_trainer(cfg: RunConfig, plugins, run_dir: Path, world: World | None = None) -> Trainer:
+    """``world``: this process's place under torchrun (``distributed.init``); one process by default."""
+    world = world or World()
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.trainer.device)
+    torch.manual_seed(cfg.seed)  # the same seed on every rank: identical initial weights
+    device = pick_device(distributed.device_for(world, cfg.trainer.device))
     if cfg.trainer.deterministic:
         # cuBLAS needs a fixed workspace to be repeatable; set before the first CUDA matmul.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -59,12 +63,16 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, rank: int = 0, world_s
     model = build_model(cfg, plugins, tokenizer).to(device)
     context = model.config.context  # a model plugin exposes its context length the same way
     dataset = _make(plugins, "dataset", cfg.data, cfg.components["data"], tokenizer=tokenizer, context=context,
-                    seed=cfg.seed, rank=rank, world_size=world_size)
+                    seed=cfg.seed, rank=world.rank, world_size=world.size)
+    # Before the optimizer: FSDP2 replaces the parameters with sharded ones.
+    wrapped = distributed.wrap(model, world, cfg.trainer.distributed, device)
     optimizer = _make(plugins, "optimizer", cfg.optim, cfg.components["optim"], model, device)
     schedule = _make(plugins, "schedule", cfg.schedule, cfg.components["schedule"], cfg.trainer.max_steps)
     controller = _make(plugins, "phases", cfg.phases, cfg.components["phases"])
     listeners = []
     for kind, section in (("logger", "loggers"), ("callback", "callbacks")):
+        if kind == "logger" and not world.is_main:  # one set of logs per run; callbacks run on every rank
+            continue
         for raw, sub in zip(getattr(cfg, section), cfg.components[section]):
             listener = _make(plugins, kind, raw, sub, run_dir=run_dir)
             problem = hook_problems(plugins.manager, listener)
@@ -78,4 +86,5 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, rank: int = 0, world_s
                 raise UserError(f"{kind} '{raw['name']}' {problem}")
             listeners.append(listener)
     return Trainer(cfg, plugins, run_dir, model=model, tokenizer=tokenizer, dataset=dataset, optimizer=optimizer,
-                   schedule=schedule, controller=controller, listeners=listeners, device=device)
+                   schedule=schedule, controller=controller, listeners=listeners, device=device,
+                   world=world, wrapped_model=wrapped)

@@ -20,6 +20,16 @@ One call of :meth:`Trainer.fit` runs, with hooks (``trainframe_*``) in this orde
     fit_end                                        (exception first, if one escaped)
 
 ``step`` in metrics and checkpoints counts completed steps: row ``step: 10`` is after 10 steps.
+
+No host sync in the hot path: with an optimizer that can skip an update on the device (fused
+AdamW, the CUDA default) and a controller that does not read each step's outcome, the finite
+check runs on the device and the loss, grad norm and skip counts are read back once per log step
+(``Trainer.flush``). Between log steps ``step_end`` sees the loss and grad norm as 0-dim device
+tensors; a run of ``max_bad_steps`` NaN steps is noticed at the next log step. Otherwise (other
+optimizers, controllers that override ``observe``) they are read back every step.
+
+Under data parallelism (``trainframe.engine.distributed``) every rank runs this loop on its shard
+of the data; the loss is the mean over ranks, loggers and checkpoint writes are on rank 0 only.
 """
 
 from __future__ import annotations
@@ -35,9 +45,16 @@ import torch
 
 from trainframe.config import RunConfig
 from trainframe.engine import checkpoint as ckpt
+from trainframe.engine import distributed
+from trainframe.engine.distributed import World
 from trainframe.errors import UserError
 from trainframe.logging import truncate_metrics
 from trainframe.phases import Phase, PhaseController, StepOutcome
+
+
+def skips_on_device(optimizer) -> bool:
+    """Fused Adam/AdamW skip a step whose ``found_inf`` flag is set, without a host sync."""
+    return isinstance(optimizer, torch.optim.Adam) and bool(optimizer.defaults.get("fused"))
 
 
 class TrainingStopped(Exception):
@@ -58,19 +75,28 @@ def peak_flops(device: torch.device) -> float | None:
 
 class Trainer:
     def __init__(self, config: RunConfig, plugins, run_dir: Path, *, model, tokenizer, dataset, optimizer,
-                 schedule, controller: PhaseController, listeners: list, device: torch.device):
+                 schedule, controller: PhaseController, listeners: list, device: torch.device,
+                 world: World | None = None, wrapped_model=None):
         self.config, self.plugins, self.run_dir = config, plugins, Path(run_dir)
         self.hook = plugins.hook
         self.model, self.tokenizer, self.dataset = model, tokenizer, dataset
         self.optimizer, self.schedule, self.controller = optimizer, schedule, controller
-        self.listeners, self.device = listeners, device
+        self.listeners, self.device, self.world = listeners, device, world or World()
         t = config.trainer
         self.max_steps = t.max_steps
         precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                          else contextlib.nullcontext())
         use_compile = t.compile if t.compile is not None else device.type == "cuda"
-        self.forward_model = torch.compile(model) if use_compile else model
+        # DDP or FSDP2 around the model when world.size > 1 (see engine/build.py), else the model
+        self.wrapped_model = wrapped_model if wrapped_model is not None else model
+        self.forward_model = torch.compile(self.wrapped_model) if use_compile else self.wrapped_model
+        self.sharded = world.distributed and t.distributed == "fsdp2"
+        # Host values per step only where something needs them each step (see the module docstring).
+        self.defer_sync = (skips_on_device(optimizer) and not controller.wants_update_norms
+                           and type(controller).observe is PhaseController.observe)
+        self._pending: list[torch.Tensor] = []  # per step: (loss, grad norm, skipped), on the device
+        self._interrupt = False
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.context = model.config.context
         self.flops_per_token = model.flops_per_token() if hasattr(model, "flops_per_token") else None
@@ -97,12 +123,15 @@ class Trainer:
             self._window_start = (time.perf_counter(), self.tokens_seen)
             while self.step < self.max_steps and self.stop_reason is None:
                 self.train_step()
+                if self._interrupt and not self.world.distributed:
+                    self.stop_reason = self.stop_reason or "interrupted"
                 if t.eval_every and self.step % t.eval_every == 0 and self.step < self.max_steps:
                     self.evaluate()
                     self._window_start = (time.perf_counter(), self.tokens_seen)  # tokens/s counts training only
                 if t.save_every and self.step % t.save_every == 0 and self.step < self.max_steps:
                     self.save()
                     self._window_start = (time.perf_counter(), self.tokens_seen)
+            self.flush()
             if self.stop_reason is None:
                 self.evaluate()
             self.save()
@@ -130,11 +159,14 @@ class Trainer:
                 self.plugins.manager.register(obj)
 
     def _on_sigint(self, signum, frame):
-        if self.stop_reason == "interrupted":  # a second Ctrl-C: stop now
+        if self._interrupt:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
-        self.stop_reason = "interrupted"
-        print("\ntrainframe: interrupted; saving a checkpoint after this step (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+        self._interrupt = True
+        # Ranks stop together, at the next log step, so that none waits on a collective alone.
+        when = "the next log step" if self.world.distributed else "this step"
+        if self.world.is_main:
+            print(f"\ntrainframe: interrupted; saving a checkpoint after {when} (Ctrl-C again to abort)",
+                  file=sys.stderr, flush=True)
 
     # ---------------------------------------------------------------------------------- one step
     def train_step(self) -> None:
@@ -162,7 +194,9 @@ class Trainer:
         self.step += 1
         self.hook.trainframe_step_end(trainer=self, step=self.step, metrics=metrics)
         if self.step % t.log_every == 0 or self.step == self.max_steps:
-            self._log_train(metrics)
+            self.flush()
+            self._log_train({**metrics, **{k: float(metrics[k]) for k in ("loss", "grad_norm")
+                                          if isinstance(metrics[k], torch.Tensor)}})
 
     def _losses(self, batches, backward: bool) -> torch.Tensor:
         """The step's loss over its micro-batches, running backward per micro-batch when asked.
@@ -171,16 +205,27 @@ class Trainer:
         counts = [(y != -1).sum() for _, y in batches]
         total = torch.stack(counts).sum().clamp(min=1)
         loss_sum = torch.zeros((), device=self.device)
-        for (x, y), n in zip(batches, counts):
+        for i, ((x, y), n) in enumerate(zip(batches, counts)):
             self.hook.trainframe_batch_ready(trainer=self, batch=(x, y))
-            with self.autocast:
+            with self.autocast, self._grad_sync(backward and i == len(batches) - 1):
                 loss = self.forward_model(x, y)
             self.hook.trainframe_after_loss(trainer=self, loss=loss)
             weighted = loss.float() * (n / total)
             if backward:
                 weighted.backward()
             loss_sum += weighted.detach()
-        return loss_sum
+        return distributed.mean(loss_sum, self.world)
+
+    def _grad_sync(self, sync: bool):
+        """Gradients are reduced across ranks on the last micro-batch only (``no_sync`` before)."""
+        if not self.world.distributed or sync:
+            if self.sharded:
+                self.wrapped_model.set_requires_gradient_sync(True)
+            return contextlib.nullcontext()
+        if self.sharded:
+            self.wrapped_model.set_requires_gradient_sync(False)
+            return contextlib.nullcontext()
+        return self.wrapped_model.no_sync()
 
     def _full_step(self, batches) -> tuple[float, float | None, dict]:
         t = self.config.trainer
@@ -188,8 +233,20 @@ class Trainer:
         self.backward_passes += len(batches)
         clip = t.grad_clip if t.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = grad_norm.float()
+        if self.defer_sync:
+            skipped = (~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))).float()
+            self.optimizer.found_inf = skipped  # the fused kernel leaves weights and moments as they are
+            self.hook.trainframe_before_optimizer_step(trainer=self)
+            self.optimizer.step()
+            self.hook.trainframe_after_optimizer_step(trainer=self)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._pending.append(torch.stack([loss_sum, grad_norm, skipped]))
+            return loss_sum, grad_norm, {}
         # One host sync per step, for the loss, the grad norm and the finite check together.
-        loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
+        loss_value, norm_value = torch.stack([loss_sum, grad_norm]).tolist()
         update_norms = {}
         if math.isfinite(loss_value) and math.isfinite(norm_value):
             self.bad_steps = 0
@@ -200,14 +257,36 @@ class Trainer:
                 update_norms = self._update_norms(before)
             self.hook.trainframe_after_optimizer_step(trainer=self)
         else:
-            self.bad_steps += 1
-            self.bad_steps_total += 1
-            print(f"trainframe: step {self.step + 1}: non-finite loss or gradient, update skipped "
-                  f"({self.bad_steps} in a row)", file=sys.stderr, flush=True)
-            if self.bad_steps >= t.max_bad_steps:
-                self.stop_reason = "nonfinite"
+            self._count_bad(self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value, update_norms
+
+    def _count_bad(self, step: int) -> None:
+        self.bad_steps += 1
+        self.bad_steps_total += 1
+        if self.world.is_main:
+            print(f"trainframe: step {step}: non-finite loss or gradient, update skipped "
+                  f"({self.bad_steps} in a row)", file=sys.stderr, flush=True)
+        if self.bad_steps >= self.config.trainer.max_bad_steps:
+            self.stop_reason = "nonfinite"
+
+    def flush(self) -> None:
+        """Read back the deferred per-step values (one host sync) and settle the skip counters;
+        under data parallelism also agree on a Ctrl-C, so every rank stops after the same step."""
+        if self._pending:
+            rows = torch.stack(self._pending).tolist()
+            first = self.step - len(rows) + 1
+            self._pending = []
+            for i, (_, _, skipped) in enumerate(rows):
+                if skipped:
+                    self._count_bad(first + i)
+                else:
+                    self.bad_steps = 0
+        if self.world.distributed:
+            flag = distributed.total(torch.tensor([float(self._interrupt)], device=self.device), self.world)
+            if flag.item() > 0:
+                self._interrupt = True
+                self.stop_reason = self.stop_reason or "interrupted"
 
     @torch.no_grad()
     def _forward_only(self, batches) -> float:
@@ -260,15 +339,21 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict | None:
         t = self.config.trainer
+        self.flush()
         self.model.eval()
-        loss_sum, count = 0.0, 0
-        for batch in self.dataset.val_batches(t.batch_size, t.eval_batches):
+        batches = list(self.dataset.val_batches(t.batch_size, t.eval_batches))
+        if self.world.distributed:  # the same number of batches on every rank (FSDP2 gathers per forward)
+            n_batches = torch.tensor([len(batches)], device=self.device)
+            torch.distributed.all_reduce(n_batches, op=torch.distributed.ReduceOp.MIN)
+            batches = batches[: int(n_batches.item())]
+        sums = torch.zeros(2, device=self.device)  # (loss x targets, targets)
+        for batch in batches:
             x, y = self._to_device(batch)
             with self.autocast:
                 loss = self.forward_model(x, y)
-            n = int((y != -1).sum())
-            loss_sum += float(loss) * n
-            count += n
+            n = (y != -1).sum()
+            sums += torch.stack([loss.float() * n, n.float()])
+        loss_sum, count = distributed.total(sums, self.world).tolist()
         self.model.train()
         if count == 0:
             return None
@@ -289,6 +374,8 @@ class Trainer:
         t = self.config.trainer
         if not t.sample_tokens or not hasattr(self.model, "generate"):
             return None
+        if not (self.world.is_main or self.sharded):
+            return None
         try:
             prompt_ids = self.tokenizer.encode(t.sample_prompt) or [getattr(self.tokenizer, "eos_id", 0)]
         except ValueError:  # a structured tokenizer (e.g. schema) cannot encode a free-text prompt
@@ -300,7 +387,7 @@ class Trainer:
                                   eos_id=getattr(self.tokenizer, "eos_id", None), generator=gen)
         self.model.train()
         text = self.tokenizer.decode(out[0, len(prompt_ids):].tolist())
-        if not isinstance(text, str):  # tokenizers whose decode is structured sample elsewhere
+        if not isinstance(text, str) or not self.world.is_main:  # structured decodes sample elsewhere
             return None
         with open(self.run_dir / "samples.txt", "a") as f:
             f.write(f"--- step {self.step}, prompt {t.sample_prompt!r}\n{t.sample_prompt}{text}\n")
@@ -309,13 +396,26 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
+        """The whole run state. Under FSDP2 every rank must call this (it gathers the shards)."""
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_state = get_model_state_dict(self.model, options=full)
+            optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=full)
+        else:
+            model_state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optim_state,
             "loop": {"step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
                      "bad_steps": self.bad_steps, "bad_steps_total": self.bad_steps_total,
                      "backward_passes": self.backward_passes, "max_steps": self.max_steps,
-                     "phase": self.phase.value if self.phase else None},
+                     "phase": self.phase.value if self.phase else None, "world_size": self.world.size},
             "data": self.dataset.state_dict(),
             "rng": ckpt.rng_state(),
             "controller": self.controller.state_dict(),
@@ -323,19 +423,38 @@ class Trainer:
         }
 
     def save(self, path: Path | None = None) -> Path:
-        """Write a checkpoint: by default the step checkpoint, pruning old ones."""
+        """Write a checkpoint (rank 0): by default the step checkpoint, pruning old ones."""
+        self.flush()
         state = self.state_dict()
         self.hook.trainframe_save_checkpoint(trainer=self, state=state)
         ckpt_dir = self.run_dir / "checkpoints"
-        ckpt.save_atomic(state, path or ckpt.step_path(ckpt_dir, self.step))
-        if path is None:
-            ckpt.prune(ckpt_dir, self.config.trainer.keep_last)
-        return path or ckpt.step_path(ckpt_dir, self.step)
+        target = path or ckpt.step_path(ckpt_dir, self.step)
+        if self.world.is_main:
+            ckpt.save_atomic(state, target)
+            if path is None:
+                ckpt.prune(ckpt_dir, self.config.trainer.keep_last)
+        distributed.barrier(self.world)  # no rank runs ahead of a checkpoint it might resume from
+        return target
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         loop = state["loop"]
+        saved_world = loop.get("world_size", 1)
+        if saved_world != self.world.size:
+            raise UserError(f"checkpoint at step {loop['step']} was written by {saved_world} process(es); "
+                            f"resume it with the same number (this run has {self.world.size})")
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            full = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, state["model"], options=full)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=full)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens_seen, self.best_val = loop["step"], loop["tokens_seen"], loop["best_val"]
         self.bad_steps, self.bad_steps_total = loop["bad_steps"], loop["bad_steps_total"]
         self.backward_passes = loop["backward_passes"]
