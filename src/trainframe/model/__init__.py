@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from trainframe.model.gpt import GPT, KVCache, ModelConfig, RMSNorm, default_linear, sample_next
+from trainframe.model.gpt import (
+    GPT,
+    KVCache,
+    ModelConfig,
+    RMSNorm,
+    default_linear,
+    sample_next,
+)
 from trainframe.model.presets import PRESETS
 
-__all__ = ["GPT", "KVCache", "ModelConfig", "PRESETS", "RMSNorm", "build_model", "default_linear", "sample_next"]
+__all__ = ["GPT", "PRESETS", "KVCache", "ModelConfig", "RMSNorm", "build_model", "default_linear", "sample_next"]
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> GPT:

@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, model_validator
+from torch import nn
 
 from trainframe.config import ComponentConfig
+from trainframe.model.bitlinear import bitlinear_factory
 from trainframe.model.presets import DEFAULTS, PRESETS
 
 LinearFactory = Callable[[int, int], nn.Module]
 
 # Fields where an explicit ``null`` means something (derive it / take the tokenizer's); for every
 # other field an explicit null just means "not given", so the preset or default applies.
-_NULL_MEANINGFUL = ("n_kv_head", "mlp_hidden", "vocab_size")
+_NULL_MEANINGFUL = ("n_kv_head", "mlp_hidden", "vocab_size", "bitlinear_group_size")
 _REQUIRED = ("d_model", "n_layer", "n_head", "context")
 
 
@@ -58,9 +60,15 @@ class ModelConfig(ComponentConfig):
     attention: Literal["sdpa", "eager"] | None = Field(
         None, description="sdpa: fused kernels (flash attention on CUDA); eager: plain matmul-softmax, for debugging"
     )
+    bitlinear: bool | None = Field(
+        None, description="BitNet b1.58 block linears: ternary weights, 8-bit activations (docs/models.md)"
+    )
+    bitlinear_group_size: int | None = Field(
+        None, gt=0, description="input features per BitLinear weight scale; null = one scale per matrix"
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         # Validate the merged result now so a bad combination fails at config load, not at build.
         self._merged()
         return self
@@ -101,9 +109,15 @@ class ModelConfig(ComponentConfig):
             # (rounded up to 256 for matmul-friendly shapes, LLaMA style; gives 2048/2816/5632
             # for the Tritter widths).
             values["mlp_hidden"] = 4 * d if values["mlp"] == "relu2" else _round_up(8 * d / 3, 256)
+        group = values["bitlinear_group_size"]
+        if values["bitlinear"] and group is not None:
+            for what, width in (("d_model", d), ("mlp_hidden", values["mlp_hidden"])):
+                if width % group:
+                    raise ValueError(f"bitlinear_group_size ({group}) must divide {what} ({width}); "
+                                     "pick a divisor or null for one scale per matrix")
         return values
 
-    def resolved(self) -> "ModelConfig":
+    def resolved(self) -> ModelConfig:
         """A copy with the preset merged in and every derived field filled (vocab_size may stay
         None, meaning the tokenizer's). Resolving a resolved config changes nothing."""
         return ModelConfig(**self._merged())
@@ -290,9 +304,11 @@ class GPT(nn.Module):
     """Decoder-only transformer. ``GPT(cfg)`` needs ``cfg`` to resolve to a vocab size; use
     ``build_model(cfg, tokenizer_vocab_size)`` when the vocab comes from the tokenizer."""
 
-    def __init__(self, config: ModelConfig, linear: LinearFactory = default_linear):
+    def __init__(self, config: ModelConfig, linear: LinearFactory | None = None):
         super().__init__()
         cfg = config.resolved()
+        if linear is None:
+            linear = bitlinear_factory(cfg.bitlinear_group_size) if cfg.bitlinear else default_linear
         if cfg.vocab_size is None:
             raise ValueError("model vocab_size is not set: give one or build with build_model(cfg, vocab_size)")
         self.config = cfg
@@ -343,7 +359,7 @@ class GPT(nn.Module):
     # ---- forward -------------------------------------------------------------------------- #
 
     def _hidden(self, idx: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
-        B, T = idx.shape
+        T = idx.shape[1]
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.context:
             raise ValueError(f"sequence of {start + T} tokens exceeds the model context ({self.config.context})")
@@ -495,8 +511,14 @@ class GPT(nn.Module):
             f"gpt{f' {c.preset}' if c.preset else ''}: {self.num_params() / 1e6:.2f}M params "
             f"({self.num_block_params() / 1e6:.2f}M in blocks), "
             f"{c.d_model}d x {c.n_layer}L x {c.n_head}H{kv}, {c.mlp} {c.mlp_hidden}, ctx {c.context}, "
-            f"vocab {c.vocab_size}{', tied' if c.tie_embeddings else ''}"
+            f"vocab {c.vocab_size}{', tied' if c.tie_embeddings else ''}{self._bitlinear_summary()}"
         )
+
+    def _bitlinear_summary(self) -> str:
+        c = self.config
+        if not c.bitlinear:
+            return ""
+        return f", bitlinear ({f'groups of {c.bitlinear_group_size}' if c.bitlinear_group_size else 'per matrix'})"
 
 
 def sample_next(

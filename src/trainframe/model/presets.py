@@ -19,6 +19,8 @@ DEFAULTS: dict[str, Any] = {
     "rope_theta": 10000.0,
     "tie_embeddings": False,
     "attention": "sdpa",
+    "bitlinear": False,
+    "bitlinear_group_size": 64,  # BitLinear weight scale per 64 input features; null = per matrix
 }
 
 # The workflow model trains on a small corpus, so the whole family keeps the dropout the issue
@@ -26,7 +28,8 @@ DEFAULTS: dict[str, Any] = {
 # on the intended ~20M only untied.
 _WORKFLOW: dict[str, Any] = {"vocab_size": 8192, "mlp": "relu2", "dropout": 0.2, "tie_embeddings": False}
 
-# Tritter: gated relu^2 (BitNet b1.58 style), QK-norm for stability with ternary weights later.
+# Tritter: a BitNet b1.58 model (ternary block linears), gated relu^2, QK-norm for stability with
+# ternary weights.
 # Tied embeddings: a 65536 x 768 table is 50M parameters, so an untied head would be a third of
 # the "100m" model; tying is the usual choice at this scale (SmolLM, Gemma).
 _TRITTER: dict[str, Any] = {
@@ -36,6 +39,7 @@ _TRITTER: dict[str, Any] = {
     "qk_norm": True,
     "rope_theta": 10000.0,
     "tie_embeddings": True,
+    "bitlinear": True,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
