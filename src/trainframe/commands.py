@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,9 +35,34 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------ train
+def _nproc_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine, one per GPU (starts torchrun --standalone); "
+                        "for several machines run torchrun yourself, see docs/performance.md")
+
+
 def train_args(p: argparse.ArgumentParser) -> None:
     _config_args(p)
     p.add_argument("--run-dir", type=Path, help="where the run is written (default runs/NAME-TIMESTAMP)")
+    _nproc_arg(p)
+
+
+def _check_nproc(nproc: int) -> None:
+    if nproc < 1:
+        raise UserError(f"--nproc: expected a positive integer, got {nproc}")
+    if nproc > 1 and "RANK" in os.environ:
+        raise UserError("--nproc: already running under torchrun; leave it out (torchrun's --nproc_per_node sets it)")
+
+
+def _launch(nproc: int, device: str, argv: list) -> int:
+    """Run ``python -m trainframe ARGV`` in ``nproc`` processes under torchrun; its exit status."""
+    if device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() < nproc:
+        raise UserError(f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--nproc {nproc}: trainer.device '{device}' needs CUDA, which is not available")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "trainframe", *map(str, argv)]
+    return subprocess.call(command)
 
 
 def _describe_run(trainer) -> None:
@@ -45,7 +72,8 @@ def _describe_run(trainer) -> None:
     else:  # a plugin's model: count what we can
         print(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     t = trainer.config.trainer
-    print(f"device: {trainer.device}, batch {t.batch_size} x accum {t.grad_accum} x context "
+    ranks = f" x {trainer.world.size} ranks ({t.distributed})" if trainer.world.distributed else ""
+    print(f"device: {trainer.device}, batch {t.batch_size} x accum {t.grad_accum}{ranks} x context "
           f"{trainer.context}, {t.max_steps} steps; run dir {trainer.run_dir}", flush=True)
 
 
@@ -58,26 +86,38 @@ def _fit(trainer) -> int:
         print(f"trainframe: {e}", file=sys.stderr)
         return 1
     val = f", best val loss {trainer.best_val:.4f}" if trainer.best_val < float("inf") else ""
-    print(f"{'interrupted' if reason == 'interrupted' else 'finished'} at step {trainer.step}{val}; "
-          f"run dir {trainer.run_dir}")
+    if trainer.world.is_main:
+        print(f"{'interrupted' if reason == 'interrupted' else 'finished'} at step {trainer.step}{val}; "
+              f"run dir {trainer.run_dir}")
     return 130 if reason == "interrupted" else 0
 
 
 def train_main(args: argparse.Namespace) -> int:
+    from trainframe.engine import distributed
     from trainframe.engine.build import build_trainer
     from trainframe.engine.loop import check_run_dir
 
+    _check_nproc(args.nproc)
     plugins = _plugins()
     cfg = load_config(args.config, args.overrides, plugins.registry)
     run_dir = args.run_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if ckpt.step_checkpoints(run_dir / "checkpoints"):
         raise UserError(f"{run_dir}: already holds a run; continue it with `trainframe resume {run_dir}` "
                         "or choose another --run-dir")
-    trainer = build_trainer(cfg, plugins, run_dir)
-    check_run_dir(run_dir)
-    _write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
-    _describe_run(trainer)
-    return _fit(trainer)
+    if args.nproc > 1:
+        return _launch(args.nproc, cfg.trainer.device, ["train", args.config, *args.overrides, "--run-dir", run_dir])
+    world = distributed.init(cfg.trainer.device)
+    try:
+        run_dir = distributed.broadcast_object(run_dir, world)  # one name, even if ranks read the clock apart
+        trainer = build_trainer(cfg, plugins, run_dir, world)
+        if world.is_main:
+            check_run_dir(run_dir)
+            _write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+            _describe_run(trainer)
+        distributed.barrier(world)
+        return _fit(trainer)
+    finally:
+        distributed.shutdown(world)
 
 
 # ----------------------------------------------------------------------------------------- resume
@@ -85,31 +125,48 @@ def resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a run directory written by `trainframe train`")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="overrides, e.g. trainer.max_steps=20000 to continue a WSD run for longer")
+    _nproc_arg(p)
 
 
 def resume_main(args: argparse.Namespace) -> int:
-    from trainframe.engine.build import build_trainer
+    from trainframe.engine import distributed
 
+    _check_nproc(args.nproc)
     plugins = _plugins()
     config_file = args.run_dir / "config.yaml"
     if not config_file.exists():
         raise UserError(f"{args.run_dir}: not a run directory (no config.yaml)")
     cfg = load_config(config_file, args.overrides, plugins.registry)
-    trainer = build_trainer(cfg, plugins, args.run_dir)
+    if args.nproc > 1:
+        return _launch(args.nproc, cfg.trainer.device, ["resume", args.run_dir, *args.overrides])
+    world = distributed.init(cfg.trainer.device)
+    try:
+        return _resume(cfg, plugins, args, world)
+    finally:
+        distributed.shutdown(world)
+
+
+def _resume(cfg, plugins, args: argparse.Namespace, world) -> int:
+    from trainframe.engine.build import build_trainer
+
+    config_file = args.run_dir / "config.yaml"
+    trainer = build_trainer(cfg, plugins, args.run_dir, world)
     path, old_max = trainer.resume()
-    print(f"resuming from {path} at step {trainer.step}")
+    say = print if world.is_main else (lambda *a, **k: None)
+    say(f"resuming from {path} at step {trainer.step}")
     if old_max != cfg.trainer.max_steps:
         name, schedule_cfg = cfg.component("schedule")
         old = plugins.registry.get("schedule", name).factory(schedule_cfg, old_max)
-        print(f"trainer.max_steps changed from {old_max} to {cfg.trainer.max_steps}: the '{name}' schedule is "
-              f"recomputed for the new length; lr factor at step {trainer.step} was {old(trainer.step):.4f}, "
-              f"is now {trainer.schedule(trainer.step):.4f}")
-    if args.overrides:
+        say(f"trainer.max_steps changed from {old_max} to {cfg.trainer.max_steps}: the '{name}' schedule is "
+            f"recomputed for the new length; lr factor at step {trainer.step} was {old(trainer.step):.4f}, "
+            f"is now {trainer.schedule(trainer.step):.4f}")
+    if args.overrides and world.is_main:
         _write_text_atomic(config_file, cfg.to_yaml())
     if trainer.step >= trainer.max_steps:
-        print(f"the run is complete ({trainer.step} steps); raise trainer.max_steps to continue it")
+        say(f"the run is complete ({trainer.step} steps); raise trainer.max_steps to continue it")
         return 0
-    _describe_run(trainer)
+    if world.is_main:
+        _describe_run(trainer)
     return _fit(trainer)
 
 

@@ -186,7 +186,7 @@ class Trainer:
             loss, grad_norm, update_norms = self._full_step(batches)
         else:
             loss, grad_norm, update_norms = self._forward_only(batches), None, {}
-        tokens = sum(int(x.numel()) for x, _ in batches)
+        tokens = sum(int(x.numel()) for x, _ in batches) * self.world.size  # every rank's
         self.tokens_seen += tokens
         outcome = StepOutcome(step, phase, loss, lr, grad_norm, update_norms, batches)
         metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "phase": phase.value}
@@ -470,7 +470,8 @@ class Trainer:
         path, state = ckpt.load_latest_good(self.run_dir / "checkpoints")
         self._attach_listeners()
         self.load_state_dict(state)
-        truncate_metrics(self.run_dir, self.step)
+        if self.world.is_main:
+            truncate_metrics(self.run_dir, self.step)
         return path, state["loop"]["max_steps"]
 
 

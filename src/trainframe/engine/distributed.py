@@ -1,0 +1,115 @@
+"""Data parallelism under torchrun: process group, DDP / FSDP2 wrapping, rank-aware helpers.
+
+``torchrun --nproc_per_node N -m trainframe train CONFIG`` (or ``trainframe train --nproc N``)
+starts N processes with RANK, WORLD_SIZE and LOCAL_RANK in their environment; :func:`init`
+reads them. Without them the run is a single process and every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from trainframe.errors import UserError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init(device_spec: str) -> World:
+    """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); a World of one without it."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        if dist.is_initialized():
+            return World(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+        return World()
+    try:
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
+    use_cuda = device_spec != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10))
+    return World(rank, local_rank, size)
+
+
+def device_for(world: World, spec: str) -> str:
+    """Each process on its own GPU: ``cuda`` / ``auto`` become ``cuda:LOCAL_RANK``."""
+    if world.distributed and spec in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{world.local_rank}"
+    return spec
+
+
+def wrap(model: torch.nn.Module, world: World, strategy: str, device: torch.device) -> torch.nn.Module:
+    """The module the forward pass goes through: DDP, or FSDP2 (each block, then the root)."""
+    if not world.distributed:
+        return model
+    if strategy == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = getattr(model, "blocks", None)
+        for block in blocks if blocks is not None else []:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # Buffers (RoPE tables) are constants: no broadcast per forward. Gradients live in the buckets.
+    # (newer torch renames the switch: forward_sync_buffers)
+    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    no_buffer_sync = {"forward_sync_buffers" if renamed else "broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, **no_buffer_sync)
+
+
+def mean(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """The mean over ranks (asynchronous on the device; no host sync)."""
+    if world.distributed:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= world.size
+    return tensor
+
+
+def total(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    if world.distributed:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj, world: World):
+    """Rank 0's value of ``obj`` on every rank (e.g. a run directory named by the clock)."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,87 @@
+"""Data parallelism on CPU: two gloo processes set up the way torchrun sets them up (RANK,
+WORLD_SIZE, LOCAL_RANK in the environment) against one process at the same global batch."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from trainframe.config import load_config
+from trainframe.engine import distributed
+from trainframe.engine.build import build_trainer
+from trainframe.errors import UserError
+from trainframe.plugins import load_plugins
+
+COMMON = ["trainer.log_every=1", "trainer.save_every=2", "trainer.eval_batches=1", "trainer.max_steps=4"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _flat_params(trainer) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+def _rank_main(rank, config, run_dir, port, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    plugins = load_plugins()
+    world = distributed.init("cpu")
+    per_rank = ["trainer.batch_size=2", "trainer.grad_accum=2"]  # no_sync on the first micro-batch
+    trainer = build_trainer(load_config(config, [*COMMON, *per_rank], plugins.registry), plugins, run_dir, world)
+    trainer.fit()
+    replicas = [torch.empty_like(_flat_params(trainer)) for _ in range(2)]
+    dist.all_gather(replicas, _flat_params(trainer))
+    # Resume with the same world size and train two more steps.
+    more = load_config(config, [*COMMON, *per_rank, "trainer.max_steps=6"], plugins.registry)
+    resumed = build_trainer(more, plugins, run_dir, world)
+    resumed.resume()
+    resumed.fit()
+    after = [torch.empty_like(_flat_params(resumed)) for _ in range(2)]
+    dist.all_gather(after, _flat_params(resumed))
+    if world.is_main:
+        torch.save({"replicas": replicas, "after_resume": after, "params": _flat_params(trainer)}, out)
+    distributed.shutdown(world)
+
+
+def test_two_ranks_match_one_process_at_the_same_global_batch(tiny_config, tmp_path):
+    run_dir, out = tmp_path / "ddp", tmp_path / "ranks.pt"
+    mp.spawn(_rank_main, args=(str(tiny_config), str(run_dir), _free_port(), str(out)), nprocs=2, join=True)
+    result = torch.load(out)
+    # Identical weights on both ranks, before and after a resume.
+    assert torch.equal(*result["replicas"])
+    assert torch.equal(*result["after_resume"])
+
+    plugins = load_plugins()
+    single = build_trainer(load_config(tiny_config, [*COMMON, "trainer.batch_size=4", "trainer.grad_accum=2"],
+                                       plugins.registry), plugins, tmp_path / "single")
+    single.fit()
+    torch.testing.assert_close(result["params"], _flat_params(single), rtol=1e-4, atol=1e-5)
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]  # rank 0 logs once; resume appended
+    single_rows = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    single_losses = [r["loss"] for r in single_rows if "loss" in r]
+    assert [r["loss"] for r in train[:4]] == pytest.approx(single_losses, rel=1e-4)
+    assert train[3]["tokens"] == single_rows[3]["tokens"] == 4 * 8 * 32  # tokens over all ranks
+
+    # A checkpoint of two processes does not resume in one.
+    with pytest.raises(UserError, match="same number"):
+        build_trainer(load_config(tiny_config, COMMON, plugins.registry), plugins, run_dir).resume()
+
+
+def test_nproc_is_checked(tiny_config, tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("train", tiny_config, "--nproc", "0", "--run-dir", tmp_path / "r")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "--nproc: expected a positive integer, got 0"
