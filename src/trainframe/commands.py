@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from trainframe.bench import throughput_args, throughput_main
 from trainframe.config import load_config
 from trainframe.engine import checkpoint as ckpt
 from trainframe.errors import UserError
@@ -285,6 +286,8 @@ def tokenizer_train_main(args: argparse.Namespace) -> int:
 def register_commands(registry) -> None:
     registry.add_command("train", train_main, train_args, help="train a model from a YAML config")
     registry.add_command("resume", resume_main, resume_args, help="continue a run from its newest good checkpoint")
+    registry.add_command("bench throughput", throughput_main, throughput_args,
+                         help="time training steps: tokens/s, ms/step, MFU, peak memory")
     registry.add_command("config show", config_show_main, _config_args, help="print the resolved config")
     registry.add_command("config validate", config_validate_main, _config_args, help="check a config")
     registry.add_command("plugins", plugins_main, help="list plugins, versions and what each registers")

@@ -112,8 +112,9 @@ class Trainer:
         self._window_start = (time.perf_counter(), 0)  # (time, tokens) where tokens/s is measured from
 
     # ------------------------------------------------------------------------------------ the fit
-    def fit(self) -> str:
-        """Train to ``max_steps`` (or until stopped). Returns why it ended: done, interrupted."""
+    def fit(self, finish: bool = True) -> str:
+        """Train to ``max_steps`` (or until stopped). Returns why it ended: done, interrupted.
+        ``finish=False`` leaves out the final eval, checkpoint and sample (the throughput benchmark)."""
         t = self.config.trainer
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._attach_listeners()
@@ -132,11 +133,12 @@ class Trainer:
                     self.save()
                     self._window_start = (time.perf_counter(), self.tokens_seen)
             self.flush()
-            if self.stop_reason is None:
-                self.evaluate()
-            self.save()
-            if self.stop_reason is None:
-                self.sample()
+            if finish:
+                if self.stop_reason is None:
+                    self.evaluate()
+                self.save()
+                if self.stop_reason is None:
+                    self.sample()
         except BaseException as e:
             self.hook.trainframe_exception(trainer=self, exception=e)
             raise
@@ -333,6 +335,8 @@ class Trainer:
                "backward_passes": self.backward_passes, "skipped_steps": self.bad_steps_total}
         if self.peak_flops and self.flops_per_token:
             row["mfu"] = tokens_per_s * self.flops_per_token / self.peak_flops
+        if self.device.type == "cuda":
+            row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.hook.trainframe_log(trainer=self, step=self.step, metrics=row)
 
     # ----------------------------------------------------------------------------- eval, sample

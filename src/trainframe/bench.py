@@ -1,0 +1,149 @@
+"""``trainframe bench throughput``: time training steps through the real Trainer.
+
+The run is the config's own: same model, optimizer, phase controller, hooks, plugins and loggers
+(console output is left out so it does not mix with the figures). After ``--warmup`` steps
+(torch.compile and the autotuner run there) the device is synchronised and ``--steps`` steps are
+timed, synchronising again before the clock is read at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import trainframe
+from trainframe.config import load_config
+from trainframe.errors import UserError
+
+
+class RandomTokens:
+    """Uniform random tokens, the reference loop's data: a few batches made once, in pinned memory
+    on CUDA, and handed out in turn, so the figures measure the loop and not the generator."""
+
+    def __init__(self, vocab_size: int, context: int, batch_size: int, pin: bool, seed: int = 0, pool: int = 4):
+        gen = torch.Generator().manual_seed(seed)
+        self.batches = []
+        for _ in range(pool):
+            tokens = torch.randint(0, vocab_size, (batch_size, context + 1), generator=gen)
+            tokens = tokens.pin_memory() if pin else tokens
+            self.batches.append((tokens[:, :-1], tokens[:, 1:]))
+        self.index = 0
+
+    def next_batch(self, batch_size: int):
+        batch = self.batches[self.index % len(self.batches)]
+        self.index += 1
+        return batch
+
+    def val_batches(self, batch_size: int, max_batches: int):
+        yield from self.batches[:max_batches]
+
+    def state_dict(self) -> dict:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.index = state["index"]
+
+
+class StepTimer:
+    """A listener that starts the clock after the warm-up steps and stops it after the last step."""
+
+    def __init__(self, device: torch.device, warmup: int, last: int):
+        self.device, self.warmup, self.last = device, warmup, last
+        self.start = self.end = None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @trainframe.hookimpl
+    def trainframe_step_end(self, step):
+        if step == self.warmup:
+            self._sync()
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = time.perf_counter()
+        elif step == self.last:
+            self._sync()
+            self.end = time.perf_counter()
+
+
+def throughput_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (the run to time)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. trainer.batch_size=64 model.preset=medium")
+    p.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first, compile included (default 10)")
+    p.add_argument("--data", choices=("random", "real"), default="random",
+                   help="random tokens (like the reference loop) or the config's dataset (default random)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def measure(cfg, plugins, steps: int, warmup: int, data: str) -> dict:
+    """Build the config's Trainer, run warmup + steps steps, return the figures."""
+    from trainframe.engine.build import build_trainer
+
+    with tempfile.TemporaryDirectory(prefix="trainframe-bench-") as run_dir:
+        trainer = build_trainer(cfg, plugins, Path(run_dir))
+        if data == "random":
+            vocab = getattr(trainer.model.config, "vocab_size", None) or trainer.tokenizer.vocab_size()
+            trainer.dataset = RandomTokens(vocab, trainer.context, cfg.trainer.batch_size,
+                                           pin=trainer.device.type == "cuda", seed=cfg.seed)
+        timer = StepTimer(trainer.device, warmup, warmup + steps)
+        trainer.listeners.append(timer)
+        trainer.fit(finish=False)
+        if timer.end is None:
+            raise UserError(f"the run stopped at step {trainer.step} before {warmup + steps} steps ({trainer.stop_reason})")
+        seconds = (timer.end - timer.start) / steps
+        tokens = cfg.trainer.batch_size * cfg.trainer.grad_accum * trainer.context * trainer.world.size
+        tokens_per_s = tokens / seconds
+        cuda = trainer.device.type == "cuda"
+        return {
+            "tokens_per_s": tokens_per_s,
+            "ms_per_step": seconds * 1e3,
+            "mfu": (tokens_per_s * trainer.flops_per_token / trainer.peak_flops
+                    if trainer.peak_flops and trainer.flops_per_token else None),
+            "peak_mem_gb": torch.cuda.max_memory_allocated(trainer.device) / 1e9 if cuda else None,
+            "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6,
+            "flops_per_token": trainer.flops_per_token,
+            "batch_size": cfg.trainer.batch_size, "grad_accum": cfg.trainer.grad_accum, "context": trainer.context,
+            "steps": steps, "warmup": warmup, "data": data, "device": _device_name(trainer.device),
+            "torch": torch.__version__, "compile": trainer.forward_model is not trainer.wrapped_model,
+            "host_sync_per_step": not trainer.defer_sync,
+        }
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def throughput_main(args: argparse.Namespace) -> int:
+    from trainframe.plugins import current
+
+    if args.steps < 1 or args.warmup < 1:
+        raise UserError(f"--steps and --warmup: expected positive integers, got {args.steps} and {args.warmup}")
+    plugins = current()
+    overrides = [*args.overrides, f"trainer.max_steps={args.warmup + args.steps}", "trainer.eval_every=0",
+                 "trainer.save_every=0", "trainer.sample_tokens=0"]
+    cfg = load_config(args.config, overrides, plugins.registry)
+    # Every logger stays on except the console: its progress bar would mix with the figures.
+    kept = [(raw, sub) for raw, sub in zip(cfg.loggers, cfg.components["loggers"]) if raw["name"] != "console"]
+    cfg.loggers, cfg.components["loggers"] = [raw for raw, _ in kept], [sub for _, sub in kept]
+    result = measure(cfg, plugins, args.steps, args.warmup, args.data)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a (peak unknown for this device)"
+    mem = f"{result['peak_mem_gb']:.2f} GB" if result["peak_mem_gb"] is not None else "n/a (CPU)"
+    print(f"{cfg.name}: {result['params_m']:.1f}M params, batch {result['batch_size']} x accum "
+          f"{result['grad_accum']} x context {result['context']}, {args.data} data, {result['device']}, "
+          f"torch {result['torch']}")
+    print(f"  tokens/s     {result['tokens_per_s']:,.0f}")
+    print(f"  ms/step      {result['ms_per_step']:.2f}   ({args.steps} steps after {args.warmup} warm-up)")
+    print(f"  MFU          {mfu}")
+    print(f"  peak memory  {mem}")
+    return 0

@@ -1,0 +1,89 @@
+"""`trainframe bench throughput` on CPU, and the loop's hot path without a host sync per step
+(fused AdamW skips a NaN step on the device; the counts are read back at log steps)."""
+
+import json
+
+import pytest
+import torch
+
+import trainframe
+from trainframe.cli import main
+from trainframe.config import load_config
+from trainframe.engine.build import build_trainer
+from trainframe.engine.loop import TrainingStopped
+from trainframe.plugins import load_plugins
+
+
+def test_bench_throughput_json_and_table(tiny_config, capsys):
+    assert main(["bench", "throughput", str(tiny_config), "trainer.batch_size=2", "--steps", "3", "--warmup", "1",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"tokens_per_s", "ms_per_step", "mfu", "peak_mem_gb"} <= result.keys()
+    assert result["tokens_per_s"] == pytest.approx(2 * 32 / (result["ms_per_step"] / 1e3))
+    assert result["mfu"] is None and result["peak_mem_gb"] is None  # CPU: no known peak, no CUDA memory
+    assert result["steps"] == 3 and result["data"] == "random"
+
+    assert main(["bench", "throughput", str(tiny_config), "--steps", "2", "--warmup", "1", "--data", "real"]) == 0
+    out = capsys.readouterr().out
+    assert "real data" in out and "tokens/s" in out and "MFU" in out
+
+
+def test_bench_rejects_bad_step_counts(tiny_config, capsys):
+    assert main(["bench", "throughput", str(tiny_config), "--steps", "0"]) == 2
+    assert "--steps and --warmup: expected positive integers" in capsys.readouterr().err
+
+
+def _nan_on(trainer, calls: set):
+    """Make the forward pass return NaN on the given (1-based) micro-batch calls."""
+    forward, seen = trainer.forward_model, [0]
+
+    def patched(x, y):
+        seen[0] += 1
+        loss = forward(x, y)
+        return loss * float("nan") if seen[0] in calls else loss
+
+    trainer.forward_model = patched
+
+
+def test_nan_steps_skip_on_the_device_without_a_sync_per_step(tiny_config, tmp_path):
+    plugins = load_plugins()
+    overrides = ["optim.fused=true", "trainer.max_steps=8", "trainer.log_every=4", "trainer.save_every=0"]
+    trainer = build_trainer(load_config(tiny_config, overrides, plugins.registry), plugins, tmp_path / "a")
+    assert trainer.defer_sync
+    _nan_on(trainer, {3, 4})
+    seen = []
+
+    class Watch:
+        @trainframe.hookimpl
+        def trainframe_step_end(self, step, metrics):
+            seen.append((step, type(metrics["loss"])))
+
+    trainer.listeners.append(Watch())
+    trainer.run_dir.mkdir()
+    trainer._attach_listeners()  # as fit() does; the first steps run one by one below
+    for _ in range(2):
+        trainer.train_step()
+    before = [p.detach().clone() for p in trainer.params]
+    for _ in range(2):  # the NaN steps: weights and optimizer state stay as they were
+        trainer.train_step()
+    for p, q in zip(trainer.params, before):
+        assert torch.equal(p, q)
+    assert trainer.bad_steps_total == 2  # read back at step 4, a log step
+    assert int(trainer.optimizer.state[trainer.params[0]]["step"]) == 2
+    trainer.fit()
+    assert trainer.step == 8 and trainer.bad_steps == 0
+    assert int(trainer.optimizer.state[trainer.params[0]]["step"]) == 6
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in rows if "loss" in r] == [2, 2]
+    assert [type(r["loss"]) for r in rows if "loss" in r] == [type(None), float]  # NaN is written as null
+    assert (5, torch.Tensor) in seen  # between log steps the loss stays on the device
+
+
+def test_nan_stop_is_noticed_at_the_next_log_step(tiny_config, tmp_path):
+    plugins = load_plugins()
+    overrides = ["optim.fused=true", "trainer.max_steps=20", "trainer.log_every=3", "trainer.max_bad_steps=2"]
+    trainer = build_trainer(load_config(tiny_config, overrides, plugins.registry), plugins, tmp_path / "b")
+    _nan_on(trainer, set(range(1, 100)))
+    with pytest.raises(TrainingStopped, match="2 consecutive steps"):
+        trainer.fit()
+    assert trainer.step == 3  # the first log step after two bad ones
