@@ -1,6 +1,7 @@
 """``trainframe bench throughput``: time training steps through the real Trainer.
 
-The run is the config's own: same model, optimizer, phase controller, hooks, plugins and loggers
+Under torchrun (``torchrun --nproc_per_node N -m trainframe bench throughput ...``) the figures
+are for all ranks together. The run is the config's own: same model, optimizer, phase controller, hooks, plugins and loggers
 (console output is left out so it does not mix with the figures). After ``--warmup`` steps
 (torch.compile and the autotuner run there) the device is synchronised and ``--steps`` steps are
 timed, synchronising again before the clock is read at the end.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -83,12 +85,12 @@ def throughput_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def measure(cfg, plugins, steps: int, warmup: int, data: str) -> dict:
-    """Build the config's Trainer, run warmup + steps steps, return the figures."""
+def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None) -> dict:
+    """Build the config's Trainer, run warmup + steps steps, return the figures (tokens over all ranks)."""
     from trainframe.engine.build import build_trainer
 
     with tempfile.TemporaryDirectory(prefix="trainframe-bench-") as run_dir:
-        trainer = build_trainer(cfg, plugins, Path(run_dir))
+        trainer = build_trainer(cfg, plugins, Path(run_dir), world)
         if data == "random":
             vocab = getattr(trainer.model.config, "vocab_size", None) or trainer.tokenizer.vocab_size()
             trainer.dataset = RandomTokens(vocab, trainer.context, cfg.trainer.batch_size,
@@ -113,7 +115,8 @@ def measure(cfg, plugins, steps: int, warmup: int, data: str) -> dict:
             "batch_size": cfg.trainer.batch_size, "grad_accum": cfg.trainer.grad_accum, "context": trainer.context,
             "steps": steps, "warmup": warmup, "data": data, "device": _device_name(trainer.device),
             "torch": torch.__version__, "compile": trainer.forward_model is not trainer.wrapped_model,
-            "host_sync_per_step": not trainer.defer_sync,
+            "host_sync_per_step": not trainer.defer_sync, "world_size": trainer.world.size,
+            "distributed": cfg.trainer.distributed if trainer.world.distributed else None,
         }
 
 
@@ -121,25 +124,37 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def throughput_main(args: argparse.Namespace) -> int:
+def run_bench(config, overrides: list[str], steps: int, warmup: int, data: str, plugins=None) -> dict:
+    """``bench throughput`` as a function: the figures of ``steps`` timed steps of CONFIG."""
+    from trainframe.engine import distributed
     from trainframe.plugins import current
 
-    if args.steps < 1 or args.warmup < 1:
-        raise UserError(f"--steps and --warmup: expected positive integers, got {args.steps} and {args.warmup}")
-    plugins = current()
-    overrides = [*args.overrides, f"trainer.max_steps={args.warmup + args.steps}", "trainer.eval_every=0",
+    if steps < 1 or warmup < 1:
+        raise UserError(f"--steps and --warmup: expected positive integers, got {steps} and {warmup}")
+    plugins = plugins or current()
+    overrides = [*overrides, f"trainer.max_steps={warmup + steps}", "trainer.eval_every=0",
                  "trainer.save_every=0", "trainer.sample_tokens=0"]
-    cfg = load_config(args.config, overrides, plugins.registry)
+    cfg = load_config(config, overrides, plugins.registry)
     # Every logger stays on except the console: its progress bar would mix with the figures.
     kept = [(raw, sub) for raw, sub in zip(cfg.loggers, cfg.components["loggers"]) if raw["name"] != "console"]
     cfg.loggers, cfg.components["loggers"] = [raw for raw, _ in kept], [sub for _, sub in kept]
-    result = measure(cfg, plugins, args.steps, args.warmup, args.data)
+    world = distributed.init(cfg.trainer.device)  # under torchrun: every rank times its steps
+    try:
+        return {"name": cfg.name, **measure(cfg, plugins, steps, warmup, data, world)}
+    finally:
+        distributed.shutdown(world)
+
+
+def throughput_main(args: argparse.Namespace) -> int:
+    result = run_bench(args.config, args.overrides, args.steps, args.warmup, args.data)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports for all
+        return 0
     if args.json:
         print(json.dumps(result))
         return 0
     mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a (peak unknown for this device)"
     mem = f"{result['peak_mem_gb']:.2f} GB" if result["peak_mem_gb"] is not None else "n/a (CPU)"
-    print(f"{cfg.name}: {result['params_m']:.1f}M params, batch {result['batch_size']} x accum "
+    print(f"{result['name']}: {result['params_m']:.1f}M params, batch {result['batch_size']} x accum "
           f"{result['grad_accum']} x context {result['context']}, {args.data} data, {result['device']}, "
           f"torch {result['torch']}")
     print(f"  tokens/s     {result['tokens_per_s']:,.0f}")

@@ -87,6 +87,8 @@ class Trainer:
         precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                          else contextlib.nullcontext())
+        if device.type == "cuda":  # TF32 for the float32 matmuls that autocast leaves (and fp32 runs)
+            torch.backends.cuda.matmul.allow_tf32 = True
         use_compile = t.compile if t.compile is not None else device.type == "cuda"
         # DDP or FSDP2 around the model when world.size > 1 (see engine/build.py), else the model
         self.wrapped_model = wrapped_model if wrapped_model is not None else model
