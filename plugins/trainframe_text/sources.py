@@ -24,11 +24,11 @@ from trainframe.errors import UserError
 PRESETS: dict[str, dict] = {
     "fineweb-edu": {"hf": "HuggingFaceFW/fineweb-edu", "config": "sample-10BT", "split": "train", "text_field": "text"},
     "tinystories": {"hf": "roneneldan/TinyStories", "split": "train", "text_field": "text"},
-    "python-edu": {"hf": "HuggingFaceTB/smollm-corpus", "config": "python-edu", "split": "train",
-                   "text_field": "text"},
-    "the-stack-smol": {"hf": "bigcode/the-stack-smol", "split": "train", "text_field": "content"},
+    "the-stack-smol-python": {"hf": "bigcode/the-stack-smol", "data_dir": "data/python", "split": "train",
+                              "text_field": "content"},
     "finemath": {"hf": "HuggingFaceTB/finemath", "config": "finemath-4plus", "split": "train", "text_field": "text"},
-    "gsm8k": {"hf": "openai/gsm8k", "config": "main", "split": "train", "text_field": "question"},
+    "ml-arxiv": {"hf": "CShorten/ML-ArXiv-Papers", "split": "train", "text_field": ["title", "abstract"]},
+    "gsm8k": {"hf": "openai/gsm8k", "config": "main", "split": "train", "text_field": ["question", "answer"]},
 }
 
 BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
@@ -41,9 +41,10 @@ class SourceConfig(ComponentConfig):
     preset: str | None = Field(None, description=f"one of {', '.join(PRESETS)}")
     hf: str | None = Field(None, description="hub dataset id, ORG/NAME")
     config: str | None = Field(None, description="hub dataset config (subset), e.g. sample-10BT")
+    data_dir: str | None = Field(None, description="hub dataset folder to read, e.g. data/python")
     split: str = "train"
     files: list[str] | None = Field(None, description="globs of .parquet, .jsonl, .json or .txt files")
-    text_field: str = Field("text", description="the column holding the text")
+    text_field: str | list[str] = Field("text", description="the column with the text; several are joined by a blank line")
     weight: float = Field(1.0, gt=0, description="share of training draws (normalised over the sources)")
     name: str | None = Field(None, description="label in the manifest and metrics; default from hf/files")
     sample_by: Literal["line", "paragraph", "document"] = Field(
@@ -129,30 +130,38 @@ def open_rows(src: SourceConfig, where: str):
         # datasets would try its local cache only; say at once what to do instead of a long error.
         reason = "offline: " + ", ".join(f"{v}={os.environ[v]}" for v in OFFLINE_VARS if os.environ.get(v))
         try:
-            return datasets.load_dataset(src.hf, src.config, split=src.split, streaming=False)
+            return datasets.load_dataset(src.hf, src.config, data_dir=src.data_dir, split=src.split, streaming=False)
         except Exception:  # noqa: BLE001 - not in the local cache, whatever the error
             raise _hub_error(src, where, reason) from None
     try:
-        return datasets.load_dataset(src.hf, src.config, split=src.split, streaming=src.streaming)
+        return datasets.load_dataset(src.hf, src.config, data_dir=src.data_dir, split=src.split,
+                                     streaming=src.streaming)
     except Exception as e:  # noqa: BLE001 - network, auth, missing dataset: all one line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise _hub_error(src, where, f"{type(e).__name__}: {first[:200]}") from None
 
 
-def iter_texts(rows, text_field: str, where: str) -> Iterator[str | None]:
+def _text(value) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None
+
+
+def iter_texts(rows, text_field: str | list[str], where: str) -> Iterator[str | None]:
     """Each row's text, or None for a row that has none (missing, empty, not text, not UTF-8)."""
+    fields = [text_field] if isinstance(text_field, str) else text_field
     checked = False
     for row in rows:
         if not checked:
-            if text_field not in row:
-                raise UserError(f"{where}.text_field: no column '{text_field}'; columns: {', '.join(row)}")
+            missing = [f for f in fields if f not in row]
+            if missing:
+                raise UserError(f"{where}.text_field: no column '{missing[0]}'; columns: {', '.join(row)}")
             checked = True
-        value = row.get(text_field)
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                value = None
+        parts = [_text(row.get(f)) for f in fields]
+        value = None if None in parts else "\n\n".join(parts)
         if not isinstance(value, str) or not value.strip():
             yield None
             continue
