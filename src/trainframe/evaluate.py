@@ -1,0 +1,128 @@
+"""``trainframe eval``: loss, perplexity and bits per character of a run or an export, no training.
+
+The numbers are computed the way the training loop's eval computes them (token-weighted mean
+cross-entropy, bf16 autocast on CUDA), so ``val_loss`` in a run's metrics.jsonl and ``eval`` of
+the same checkpoint agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from trainframe.errors import UserError
+
+
+def eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, metavar="RUN_DIR|EXPORT_DIR", help="a run directory or an export directory")
+    p.add_argument("--config", type=Path, help="take the dataset from this config instead of the run's")
+    p.add_argument("--split", choices=["val", "train"], default="val",
+                   help="val: the dataset's held-out windows; train: the first training batches of the run's seed")
+    p.add_argument("--checkpoint", default="latest", help="best, latest or a step number (run directories)")
+    p.add_argument("--batches", type=int, default=None,
+                   help="batches to evaluate (default: the whole val split; trainer.eval_batches for train)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the run's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--packed", action="store_true", help="export directories: use the packed ternary weights")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _dataset(cfg, data_cfg, tokenizer, context: int):
+    from trainframe.engine.build import _make
+    from trainframe.plugins import current
+
+    return _make(current(), "dataset", data_cfg.data, data_cfg.components["data"], tokenizer=tokenizer,
+                 context=context, seed=cfg.seed, rank=0, world_size=1)
+
+
+def _batches(dataset, split: str, batch_size: int, count: int | None):
+    if split == "val":
+        return dataset.val_batches(batch_size, count if count is not None else sys.maxsize)
+    return (dataset.next_batch(batch_size) for _ in range(count))
+
+
+@torch.no_grad()
+def evaluate(model, batches, device: torch.device, progress=None) -> tuple[float, int, int]:
+    """(mean loss over counted target tokens, tokens, batches)."""
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    loss_sum, count, n = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast:
+            loss = model(x, y)
+        k = int((y != -1).sum())
+        loss_sum += float(loss) * k
+        count += k
+        n += 1
+        if progress:
+            progress(n)
+    return (loss_sum / count if count else math.nan), count, n
+
+
+def _source(path: Path, which: str, packed: bool) -> str:
+    from trainframe.engine import checkpoint as ckpt
+    from trainframe.export import TERNARY, WEIGHTS, _read_manifest
+
+    manifest = _read_manifest(path)
+    if manifest is not None:
+        c = manifest["checkpoint"]
+        return f"export of {c['file']} (step {c['step']}), {TERNARY if packed else WEIGHTS}"
+    return ckpt.resolve_checkpoint(path, which).name
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    from trainframe.commands import load_run_model
+    from trainframe.config import load_config
+    from trainframe.plugins import current
+
+    for name in ("batches", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
+    cfg, tokenizer, model = load_run_model(args.path, args.checkpoint, args.device, packed=args.packed)
+    data_cfg = load_config(args.config, [], current().registry) if args.config else cfg
+    device = next(model.parameters()).device
+    dataset = _dataset(cfg, data_cfg, tokenizer, model.config.context)
+    batch_size = args.batch_size or cfg.trainer.batch_size
+    count = args.batches if args.batches is not None or args.split == "val" else cfg.trainer.eval_batches
+    batches = _batches(dataset, args.split, batch_size, count)
+
+    show = sys.stderr.isatty() and not args.json
+    with _progress(show, count) as progress:
+        loss, tokens, n = evaluate(model, batches, device, progress)
+    if n == 0 or tokens == 0:
+        raise UserError(f"{data_cfg.data['name']} dataset: the {args.split} split has no tokens to evaluate "
+                        "(raise data.val_fraction?)")
+    result = {"path": str(args.path), "source": _source(args.path, args.checkpoint, args.packed),
+              "dataset": data_cfg.data["name"], "split": args.split, "batches": n, "tokens": tokens,
+              "loss": loss, "perplexity": math.exp(min(loss, 50))}
+    chars_per_token = getattr(dataset, "chars_per_token", None)
+    if chars_per_token and args.split == "val":
+        result["bpc"] = loss / math.log(2) / chars_per_token
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.path} ({result['source']}): {result['dataset']} {args.split} split, {n} batches, {tokens:,} tokens")
+    bpc = f"   bits per character {result['bpc']:.4f}" if "bpc" in result else ""
+    print(f"loss {loss:.4f}   perplexity {result['perplexity']:.3f}{bpc}")
+    return 0
+
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int | None):
+    """A transient progress bar on a terminal; nothing otherwise."""
+    if not show:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("evaluating", total=total if total != sys.maxsize else None)
+        yield lambda n: bar.update(task, completed=n)

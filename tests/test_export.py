@@ -1,0 +1,143 @@
+"""trainframe export: files, exact reload (full and packed ternary), safe --out handling."""
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_YAML
+
+from trainframe.cli import main
+from trainframe.commands import load_run_model
+from trainframe.config import load_config
+from trainframe.engine.build import build_trainer
+from trainframe.export import export_run, load_export
+from trainframe.plugins import current
+
+
+def train_run(tmp_path, name, *overrides):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(TINY_YAML)
+    plugins = current()
+    cfg = load_config(path, ["trainer.max_steps=12", "trainer.save_every=6", *overrides], plugins.registry)
+    run_dir = tmp_path / name
+    trainer = build_trainer(cfg, plugins, run_dir)
+    trainer.run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    trainer.fit()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def bit_run(tmp_path_factory):
+    return train_run(tmp_path_factory.mktemp("bit"), "run", "model.bitlinear=true", "model.bitlinear_group_size=16",
+                     "model.tie_embeddings=true")
+
+
+def test_export_files_and_exact_reload(bit_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert main(["export", str(bit_run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "BitLinear matrices take" in printed and "smaller" in printed
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "model.ternary.safetensors",
+                                               "run_config.yaml", "README.md"}
+    manifest = json.loads((out / "config.json").read_text())
+    assert manifest["architecture"] == "gpt" and manifest["preset"] == "tiny"
+    assert manifest["model"]["bitlinear"] and manifest["model"]["vocab_size"] == 258
+    assert manifest["checkpoint"]["step"] == 12
+    t = manifest["ternary"]
+    # 2 bits per weight + one float32 scale per 16 weights = 4 bits per weight
+    assert t["bits_per_weight"] == pytest.approx(4.0) and t["packed_bytes"] * 4 == t["bf16_bytes"]
+    assert "# run" in (out / "README.md").read_text()
+
+    _, _, model = load_run_model(bit_run, "latest", "cpu")
+    _, _, full = load_export(out)
+    _, _, packed = load_export(out, packed=True)
+    assert packed.lm_head.weight is packed.wte.weight  # tied weights stored once, tied again on load
+    x = torch.randint(0, 258, (2, 32))
+    with torch.no_grad():
+        want = model(x)
+        assert torch.equal(full(x), want)
+        assert torch.equal(packed(x), want)  # the packed ternary weights are exactly the trained forward
+
+
+def test_generate_same_from_run_and_export(bit_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    export_run(bit_run, "best", out)
+    texts = []
+    for source in (bit_run, out):
+        assert main(["generate", str(source), "--prompt", "To be", "--max-tokens", "20", "--temperature", "0.9",
+                     "--seed", "3", "--device", "cpu", *(["--checkpoint", "best"] if source == bit_run else [])]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and "To be" in texts[0]
+
+
+def test_full_precision_model_has_no_packed_file(tmp_path):
+    run = train_run(tmp_path, "plain")
+    out = tmp_path / "export"
+    export_run(run, "latest", out, dtype="bfloat16")
+    assert not (out / "model.ternary.safetensors").exists()
+    _, _, model = load_export(out)
+    assert model.blocks[0].attn.q.weight.dtype == torch.float32
+    assert main(["eval", str(out), "--packed"]) == 2
+
+
+def test_out_directory_safety(bit_run, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["export", str(bit_run), "--out", str(mine), "--force"]) == 2
+    assert "not a trainframe export" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+    out = tmp_path / "export"
+    assert main(["export", str(bit_run), "--out", str(out), "--checkpoint", "6"]) == 0
+    assert main(["export", str(bit_run), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["checkpoint"]["step"] == 6
+    assert main(["export", str(bit_run), "--out", str(out), "--force"]) == 0
+    assert json.loads((out / "config.json").read_text())["checkpoint"]["step"] == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "mine"]  # no temp or old dirs left
+
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["export", str(bit_run), "--out", str(tmp_path / "x"), "--checkpoint", "7"]) == 2
+    assert main(["generate", str(out), "--checkpoint", "best"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint for step 7" in err and "export of a single checkpoint" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_damaged_export_is_one_line(bit_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    export_run(bit_run, "latest", out)
+    (out / "model.safetensors").write_bytes(b"\x00" * 10)
+    assert main(["eval", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.safetensors: unreadable safetensors file" in err and len(err.splitlines()) == 1
+
+
+def test_tokenizer_files_travel_with_the_export(tmp_path):
+    """A tokenizer configured with a file (a BPE tokenizer.json) is copied into the export, and the
+    export loads after the original file is gone and the export has moved."""
+    if "bpe" not in current().registry.components["tokenizer"]:
+        pytest.skip("the text plugin's bpe tokenizer is not installed")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = (tmp_path / "corpus.txt")
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 200)
+    tok.train([str(text)], trainers.BpeTrainer(vocab_size=300, special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
+                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok_file = tmp_path / "tokenizer.json"
+    tok.save(str(tok_file))
+    run = train_run(tmp_path, "bpe", f"tokenizer={{name: bpe, path: {tok_file}}}", f"data.path={text}",
+                    "trainer.max_steps=4", "trainer.save_every=0")
+    out = tmp_path / "export"
+    export_run(run, "latest", out)
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == tok_file.read_bytes()
+    assert json.loads((out / "config.json").read_text())["tokenizer_files"] == ["path"]
+    tok_file.unlink()
+    moved = out.rename(tmp_path / "moved")
+    _, tokenizer, _ = load_export(moved)
+    assert tokenizer.decode(tokenizer.encode("the lazy fox")) == "the lazy fox"
