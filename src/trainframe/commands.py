@@ -15,6 +15,8 @@ from trainframe.bench import throughput_args, throughput_main
 from trainframe.config import load_config
 from trainframe.engine import checkpoint as ckpt
 from trainframe.errors import UserError
+from trainframe.evaluate import eval_args, eval_main
+from trainframe.export import export_args, export_main
 
 
 def _plugins():
@@ -214,10 +216,18 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
-def load_run_model(run_dir: Path, which: str = "latest", device: str = "auto"):
-    """(config, tokenizer, model in eval mode) from a run directory's config and checkpoint."""
+def load_run_model(run_dir: Path, which: str = "latest", device: str = "auto", packed: bool = False):
+    """(config, tokenizer, model in eval mode) from a run directory's config and checkpoint, or from
+    an export directory (``trainframe export``; ``packed``: from its packed ternary weights)."""
     from trainframe.engine.build import build_model, build_tokenizer, pick_device
+    from trainframe.export import is_export, load_export
 
+    if is_export(run_dir):
+        if which not in ("latest", None):
+            raise UserError(f"--checkpoint: {run_dir} is an export of a single checkpoint; leave --checkpoint out")
+        return load_export(run_dir, device, packed)
+    if packed:
+        raise UserError(f"--packed: {run_dir} is a run directory; packed ternary weights are in exports")
     plugins = _plugins()
     config_file = run_dir / "config.yaml"
     if not config_file.exists():
@@ -292,5 +302,9 @@ def register_commands(registry) -> None:
     registry.add_command("config validate", config_validate_main, _config_args, help="check a config")
     registry.add_command("plugins", plugins_main, help="list plugins, versions and what each registers")
     registry.add_command("generate", generate_main, generate_args, help="sample text from a trained run")
+    registry.add_command("export", export_main, export_args,
+                         help="write a checkpoint as safetensors + config + tokenizer files (+ packed ternary)")
+    registry.add_command("eval", eval_main, eval_args,
+                         help="val loss, perplexity and bits per character of a run or an export")
     registry.add_command("tokenizer train", tokenizer_train_main, tokenizer_train_args,
                          help="learn a tokenizer (the kind a config names, or --kind) and write it to one file")
