@@ -180,7 +180,8 @@ def _prepare_source(src: SourceConfig, where: str, out: Path, tokenizer, pool, w
 def prepare(cfg, tokenizer, *, workers: int | None = None, progress: bool = True, log=print) -> dict:
     """Prepare every source of a ``text`` data config; returns the manifest."""
     data_dir = Path(cfg.dir)
-    workers = workers or cfg.workers or min(len(os.sched_getaffinity(0)), 32)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = workers or cfg.workers or min(cores, 32)
     fingerprint = tokenizer.fingerprint()
     entries, todo = [], []
     for i, src in enumerate(cfg.sources):
