@@ -29,6 +29,13 @@ def _flat_params(trainer) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 
 
+def _full_weights(trainer) -> torch.Tensor:
+    """Every weight, gathered from the shards under FSDP2 (a collective: all ranks call it; the
+    full copy lands on rank 0 only, the one that writes checkpoints)."""
+    values = [v.flatten().float() for v in trainer.state_dict()["model"].values()]
+    return torch.cat(values) if values else None
+
+
 def _rank_main(rank, config, run_dir, port, out):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -40,6 +47,12 @@ def _rank_main(rank, config, run_dir, port, out):
     trainer.fit()
     replicas = [torch.empty_like(_flat_params(trainer)) for _ in range(2)]
     dist.all_gather(replicas, _flat_params(trainer))
+    ddp_weights = _full_weights(trainer)
+    # The same run with sharded weights (FSDP2) and its resume.
+    sharded_cfg = load_config(config, [*COMMON, *per_rank, "trainer.distributed=fsdp2"], plugins.registry)
+    sharded = build_trainer(sharded_cfg, plugins, run_dir + "-fsdp2", world)
+    sharded.fit()
+    fsdp_weights = _full_weights(sharded)
     # Resume with the same world size and train two more steps.
     more = load_config(config, [*COMMON, *per_rank, "trainer.max_steps=6"], plugins.registry)
     resumed = build_trainer(more, plugins, run_dir, world)
@@ -48,17 +61,19 @@ def _rank_main(rank, config, run_dir, port, out):
     after = [torch.empty_like(_flat_params(resumed)) for _ in range(2)]
     dist.all_gather(after, _flat_params(resumed))
     if world.is_main:
-        torch.save({"replicas": replicas, "after_resume": after, "params": _flat_params(trainer)}, out)
+        torch.save({"replicas": replicas, "after_resume": after, "params": _flat_params(trainer),
+                    "ddp": ddp_weights, "fsdp2": fsdp_weights}, out)
     distributed.shutdown(world)
 
 
-def test_two_ranks_match_one_process_at_the_same_global_batch(tiny_config, tmp_path):
+def test_two_ranks_ddp_and_fsdp2_match_one_process_at_the_same_global_batch(tiny_config, tmp_path):
     run_dir, out = tmp_path / "ddp", tmp_path / "ranks.pt"
     mp.spawn(_rank_main, args=(str(tiny_config), str(run_dir), _free_port(), str(out)), nprocs=2, join=True)
     result = torch.load(out)
     # Identical weights on both ranks, before and after a resume.
     assert torch.equal(*result["replicas"])
     assert torch.equal(*result["after_resume"])
+    torch.testing.assert_close(result["fsdp2"], result["ddp"], rtol=1e-5, atol=1e-6)
 
     plugins = load_plugins()
     single = build_trainer(load_config(tiny_config, [*COMMON, "trainer.batch_size=4", "trainer.grad_accum=2"],
@@ -79,9 +94,9 @@ def test_two_ranks_match_one_process_at_the_same_global_batch(tiny_config, tmp_p
         build_trainer(load_config(tiny_config, COMMON, plugins.registry), plugins, run_dir).resume()
 
 
-def test_nproc_is_checked(tiny_config, tmp_path):
-    from conftest import run_cli
+def test_nproc_is_checked(tiny_config, tmp_path, capsys):
+    from trainframe.cli import main
 
-    result = run_cli("train", tiny_config, "--nproc", "0", "--run-dir", tmp_path / "r")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == "--nproc: expected a positive integer, got 0"
+    assert main(["train", str(tiny_config), "--nproc", "0", "--run-dir", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == "--nproc: expected a positive integer, got 0"
+    assert not (tmp_path / "r").exists()

@@ -100,6 +100,8 @@ class Trainer:
         self._pending: list[torch.Tensor] = []  # per step: (loss, grad norm, skipped), on the device
         self._interrupt = False
         self.params = [p for p in model.parameters() if p.requires_grad]
+        for g in optimizer.param_groups:  # set before any checkpoint load: the group keys must match
+            g.setdefault("base_lr", g["lr"])
         self.context = model.config.context
         self.flops_per_token = model.flops_per_token() if hasattr(model, "flops_per_token") else None
         self.peak_flops = peak_flops(device)
@@ -318,7 +320,6 @@ class Trainer:
     def _set_lr(self, step: int) -> float:
         factor = self.schedule(step)
         for g in self.optimizer.param_groups:
-            g.setdefault("base_lr", g["lr"])
             g["lr"] = g["base_lr"] * factor
         return self.optimizer.param_groups[0]["lr"]
 
@@ -389,8 +390,14 @@ class Trainer:
         idx = torch.tensor([prompt_ids], device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.model.eval()
-        out = self.model.generate(idx, t.sample_tokens, temperature=t.sample_temperature, top_k=t.sample_top_k,
-                                  eos_id=getattr(self.tokenizer, "eos_id", None), generator=gen)
+        if self.sharded:  # generate() bypasses the root's forward, which gathers the root's own weights
+            self.model.unshard()
+        try:
+            out = self.model.generate(idx, t.sample_tokens, temperature=t.sample_temperature, top_k=t.sample_top_k,
+                                      eos_id=getattr(self.tokenizer, "eos_id", None), generator=gen)
+        finally:
+            if self.sharded:
+                self.model.reshard()
         self.model.train()
         text = self.tokenizer.decode(out[0, len(prompt_ids):].tolist())
         if not isinstance(text, str) or not self.world.is_main:  # structured decodes sample elsewhere
