@@ -124,5 +124,5 @@ def _progress(show: bool, total: int | None):
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:
-        task = bar.add_task("evaluating", total=total if total != sys.maxsize else None)
+        task = bar.add_task("evaluating", total=total)  # None (the whole val split): size unknown
         yield lambda n: bar.update(task, completed=n)
