@@ -1,8 +1,30 @@
-"""Registration entry point (filled in by this plugin's components)."""
+"""Registration: the hybrid controller, its baselines, and ``trainframe bench predictive``."""
 
 import trainframe
+from trainframe_hybrid.controller import (
+    ExtrapolateConfig,
+    HybridConfig,
+    HybridController,
+    NowcastConfig,
+    SkipConfig,
+)
+
+
+def build_controller(cfg: HybridConfig) -> HybridController:
+    return HybridController(cfg)
 
 
 @trainframe.hookimpl
 def trainframe_register(registry):
-    pass
+    from trainframe_hybrid import bench
+
+    registry.add("phases", "hybrid", build_controller, HybridConfig,
+                 help="warmup/full/predict/correct with a GRU dynamics ensemble and a residual corrector")
+    registry.add("phases", "nowcast", build_controller, NowcastConfig,
+                 help="hybrid with per-parameter linear extrapolation from weight snapshots as the direction")
+    registry.add("phases", "extrapolate", build_controller, ExtrapolateConfig,
+                 help="baseline: predicted steps apply the recent mean update, no learned model")
+    registry.add("phases", "skip", build_controller, SkipConfig,
+                 help="baseline: predicted steps are forward-only with frozen weights")
+    registry.add_command("bench predictive", bench.main, bench.add_arguments,
+                         help="compare phase controllers: val loss against wall-clock, backward passes, FLOPs")

@@ -1,0 +1,40 @@
+"""`trainframe bench predictive` on a tiny CPU config."""
+
+import json
+
+from conftest import run_cli
+
+
+def test_bench_predictive_tiny(tiny_config, tmp_path):
+    out = tmp_path / "bench"
+    result = run_cli("bench", "predictive", tiny_config, "--seeds", "2", "--controllers",
+                     "hybrid,full,skip", "--eval-every", "3", "--json", "--out", out, "trainer.max_steps=12", "phases.warmup_steps=4", "phases.full_steps=3",
+                     "phases.min_predict_steps=2", "phases.max_predict_steps=4", "phases.correct_steps=3",
+                     "phases.confidence_threshold=0.0", "phases.hidden=16")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert summary == json.loads((out / "results.json").read_text())
+    assert list(summary["controllers"]) == ["full", "hybrid", "skip"]
+    full, hybrid, skip = (summary["controllers"][c] for c in ("full", "hybrid", "skip"))
+    for row in summary["controllers"].values():
+        assert {"steps", "backward_passes", "flops", "wall_s", "final_val_loss", "time_to_target"} <= set(row)
+        assert row["steps"] == 12 and len(row["runs"]) == 2
+    assert full["backward_passes"] == 12 and full["optimizer_steps"] == 12
+    assert hybrid["backward_passes"] < 12 and hybrid["predict_steps"] > 0 and hybrid["correct_steps"] > 0
+    assert hybrid["controller_s"] > 0 and hybrid["flops"] < full["flops"]
+    assert skip["backward_passes"] < 12
+    # full reaches its own targets, by its last eval at the latest
+    assert 0 < full["time_to_target"]["100%"] <= full["wall_s"]
+    assert full["time_to_full_final_vs_full"] == 1.0
+    assert (out / "curves.png").stat().st_size > 10_000
+    table = (out / "results.md").read_text()
+    assert "| hybrid |" in table and "speedup" not in table.lower()
+
+
+def test_bench_predictive_bad_input(tiny_config):
+    result = run_cli("bench", "predictive", tiny_config, "--controllers", "hybrid,magic")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("--controllers: unknown phase controller 'magic'; registered: "
+                                     "extrapolate, full, hybrid, nowcast, skip")
+    result = run_cli("bench", "predictive", tiny_config, "--controllers", "hybrid,skip")
+    assert result.returncode == 2 and "'full' is required" in result.stderr
