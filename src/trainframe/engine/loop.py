@@ -93,10 +93,11 @@ class Trainer:
         # DDP or FSDP2 around the model when world.size > 1 (see engine/build.py), else the model
         self.wrapped_model = wrapped_model if wrapped_model is not None else model
         self.forward_model = torch.compile(self.wrapped_model) if use_compile else self.wrapped_model
-        self.sharded = world.distributed and t.distributed == "fsdp2"
+        self.sharded = self.world.distributed and t.distributed == "fsdp2"
         # Host values per step only where something needs them each step (see the module docstring).
+        # (Not under FSDP2: its sharded parameters and a plain found_inf flag do not mix in the kernel.)
         self.defer_sync = (skips_on_device(optimizer) and not controller.wants_update_norms
-                           and type(controller).observe is PhaseController.observe)
+                           and type(controller).observe is PhaseController.observe and not self.sharded)
         self._pending: list[torch.Tensor] = []  # per step: (loss, grad norm, skipped), on the device
         self._interrupt = False
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -128,8 +129,6 @@ class Trainer:
             self._window_start = (time.perf_counter(), self.tokens_seen)
             while self.step < self.max_steps and self.stop_reason is None:
                 self.train_step()
-                if self._interrupt and not self.world.distributed:
-                    self.stop_reason = self.stop_reason or "interrupted"
                 if t.eval_every and self.step % t.eval_every == 0 and self.step < self.max_steps:
                     self.evaluate()
                     self._window_start = (time.perf_counter(), self.tokens_seen)  # tokens/s counts training only
@@ -168,7 +167,9 @@ class Trainer:
         if self._interrupt:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self._interrupt = True
-        # Ranks stop together, at the next log step, so that none waits on a collective alone.
+        # Ranks stop together, at the next log step (flush), so that none waits on a collective alone.
+        if not self.world.distributed:
+            self.stop_reason = "interrupted"
         when = "the next log step" if self.world.distributed else "this step"
         if self.world.is_main:
             print(f"\ntrainframe: interrupted; saving a checkpoint after {when} (Ctrl-C again to abort)",
