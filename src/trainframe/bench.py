@@ -88,6 +88,7 @@ def throughput_args(p: argparse.ArgumentParser) -> None:
 def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None) -> dict:
     """Build the config's Trainer, run warmup + steps steps, return the figures (tokens over all ranks)."""
     from trainframe.engine.build import build_trainer
+    from trainframe.engine.loop import TrainingStopped
 
     with tempfile.TemporaryDirectory(prefix="trainframe-bench-") as run_dir:
         trainer = build_trainer(cfg, plugins, Path(run_dir), world)
@@ -97,7 +98,10 @@ def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None) -> dic
                                            pin=trainer.device.type == "cuda", seed=cfg.seed)
         timer = StepTimer(trainer.device, warmup, warmup + steps)
         trainer.listeners.append(timer)
-        trainer.fit(finish=False)
+        try:
+            trainer.fit(finish=False)
+        except TrainingStopped as e:  # NaN steps: one line, not a traceback
+            raise UserError(f"bench throughput: {e}") from None
         if timer.end is None:
             raise UserError(f"the run stopped at step {trainer.step} before {warmup + steps} steps ({trainer.stop_reason})")
         seconds = (timer.end - timer.start) / steps
