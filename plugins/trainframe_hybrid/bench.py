@@ -72,14 +72,19 @@ def main(args: argparse.Namespace) -> int:
                       f"backward passes, final val loss {run['final_val_loss']:.4f}, {run['wall_s']:.1f} s "
                       f"(controller {run['controller_s']:.1f} s), {run['divergences']} divergences",
                       file=sys.stderr, flush=True)
-    summary = summarize(runs, configs["full"])
+            summary, table = write_results(runs, configs["full"], out)  # after every seed: a cut-off run keeps them
+    print(json.dumps(summary, indent=2) if args.json else table)
+    print(f"results in {out}", file=sys.stderr)
+    return 0
+
+
+def write_results(runs: dict[str, list[dict]], full_cfg, out: Path) -> tuple[dict, str]:
+    summary = summarize(runs, full_cfg)
     table = markdown_table(summary)
     _write_atomic(out / "results.json", json.dumps(summary, indent=2))
     _write_atomic(out / "results.md", table)
     plot(summary, out / "curves.png")
-    print(json.dumps(summary, indent=2) if args.json else table)
-    print(f"results in {out}", file=sys.stderr)
-    return 0
+    return summary, table
 
 
 def _config_for(path, overrides: list[str], controller: str, registry):

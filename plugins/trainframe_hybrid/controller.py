@@ -57,7 +57,7 @@ class HybridConfig(ComponentConfig):
     ensemble: int = Field(3, gt=0)
     hidden: int = Field(64, gt=0)
     bptt: int = Field(16, gt=1, description="truncated-BPTT window of the dynamics model")
-    train_every: int = Field(2, gt=0, description="full steps between dynamics-model updates")
+    train_every: int = Field(4, gt=0, description="full steps between dynamics-model updates")
     dynamics_lr: float = Field(3e-3, gt=0)
     kl_weight: float = Field(0.1, ge=0)
     coefficient_max: float = Field(3.0, gt=0, description="predicted coefficients are clamped to [0, this]")
@@ -246,6 +246,7 @@ class HybridController(PhaseController):
         self.group_names = list(dict.fromkeys(keys))
         self.group_of = [self.group_names.index(k) for k in keys]
         self.device = self.params[0].device
+        self.group_index = torch.tensor(self.group_of, device=self.device)
         self.max_steps = trainer.max_steps
         n_groups = len(self.group_names)
         self.n_opt_groups = len(trainer.optimizer.param_groups)
@@ -349,7 +350,7 @@ class HybridController(PhaseController):
         dir_sq = torch.zeros(n_groups, device=self.device)
         moved_dot = torch.zeros(n_groups, device=self.device)
         moved_sq = torch.zeros(n_groups, device=self.device)
-        index = torch.tensor(self.group_of, device=self.device)
+        index = self.group_index
         sq.index_add_(0, index, torch.stack(torch._foreach_norm(update)).pow(2))
         dir_sq.index_add_(0, index, torch.stack(torch._foreach_norm(self.direction)).pow(2))
         dot.index_add_(0, index, torch.stack([(u * d).sum() for u, d in zip(update, self.direction)]))
@@ -500,7 +501,7 @@ class HybridController(PhaseController):
         if self.cfg.predictor == "skip":
             self.last_delta = [torch.zeros_like(d) for d in self.step_direction]
             return [0.0] * len(self.group_names)
-        coefficient = torch.tensor(self.coefficients, device=self.device)[torch.tensor(self.group_of, device=self.device)]
+        coefficient = torch.tensor(self.coefficients, device=self.device)[self.group_index]
         self.last_delta = torch._foreach_mul(self.step_direction, list(coefficient.unbind()))
         torch._foreach_add_(self.moved, self.last_delta)
         self._move(self.last_delta, 1.0)
@@ -526,7 +527,7 @@ class HybridController(PhaseController):
         residual = self.corrector.predict(self.cycle["features"] if self.cycle else features)[1:].tolist()
         targets = [min(max(best + r, 0.0), 1.5) for r in residual]
         factor = torch.tensor([t - self.scale for t in targets], device=self.device)[
-            torch.tensor(self.group_of, device=self.device)]
+            self.group_index]
         delta = torch._foreach_mul(self.moved, list(factor.unbind()))
         self._move(delta, 1.0)
         # The move now stands at ``targets``: keep ``moved`` equal to it for the residual.
@@ -549,7 +550,7 @@ class HybridController(PhaseController):
 
     def _group_norms(self, deltas: list[torch.Tensor]) -> list[float]:
         sq = torch.zeros(len(self.group_names), device=self.device)
-        sq.index_add_(0, torch.tensor(self.group_of, device=self.device),
+        sq.index_add_(0, self.group_index,
                       torch.stack(torch._foreach_norm(deltas)).pow(2))
         return sq.sqrt().tolist()
 
