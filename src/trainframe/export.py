@@ -268,7 +268,7 @@ def load_export(path: Path, device: str = "cpu", packed: bool = False):
     source = path / "run_config.yaml"
     data, origins = load_raw(source)
     for key in manifest.get("tokenizer_files", []):  # files inside the export, wherever it now lives
-        data["tokenizer"][key] = str(path / manifest["tokenizer"][key])
+        data["tokenizer"][key] = str(path.resolve() / manifest["tokenizer"][key])
     cfg = resolve(data, plugins.registry, origins, str(source))
     tokenizer = build_tokenizer(cfg, plugins)
     component = plugins.registry.get("model", manifest["architecture"])
