@@ -32,8 +32,8 @@ class RandomTokens:
         self.batches = []
         for _ in range(pool):
             tokens = torch.randint(0, vocab_size, (batch_size, context + 1), generator=gen)
-            tokens = tokens.pin_memory() if pin else tokens
-            self.batches.append((tokens[:, :-1], tokens[:, 1:]))
+            x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+            self.batches.append((x.pin_memory(), y.pin_memory()) if pin else (x, y))
         self.index = 0
 
     def next_batch(self, batch_size: int):

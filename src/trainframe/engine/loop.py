@@ -327,7 +327,9 @@ class Trainer:
     def _to_device(self, batch):
         x, y = batch
         if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+            # Contiguous before pinning: a strided view (x = window[:, :-1]) would be made contiguous
+            # in pageable memory inside the copy, and a copy from pageable memory waits for the GPU.
+            return tuple(t.contiguous().pin_memory().to(self.device, non_blocking=True) for t in (x, y))
         return x.to(self.device), y.to(self.device)
 
     def _log_train(self, metrics: dict) -> None:
