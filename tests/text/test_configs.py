@@ -1,4 +1,4 @@
-"""The shipped configs: all valid; tinystories-tiny runs end to end on a local file in its layout."""
+"""The shipped configs: all valid; tinystories-tiny prepares a local file in its layout."""
 
 import json
 import subprocess
@@ -38,11 +38,8 @@ def test_tinystories_tiny_on_a_local_file(tmp_path):
     config = REPO / "configs" / "tinystories-tiny.yaml"
     assert cli("tokenizer", "train", config, *overrides, "--vocab-size", 300) == 0
     assert cli("data", "prepare", config, *overrides, "--workers", 1) == 0
-    train = ["trainer.max_steps=4", "model.d_model=32", "model.n_layer=1", "model.n_head=2", "model.context=32",
-             "trainer.sample_tokens=0", "trainer.eval_batches=1", "trainer.device=cpu"]
-    assert cli("train", config, *overrides, *train, "--run-dir", tmp_path / "run") == 0
-    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["step"] == 4 and last["val_bpc"] > 0
+    (source,) = json.loads((tmp_path / "data" / "manifest.json").read_text())["sources"]
+    assert (source["rows"], source["bad_rows"]) == (400, 0) and source["tokens"] > 400
     # Reading prepared shards must not import `datasets` (start-up time): a fresh process shows it.
     r = subprocess.run([sys.executable, "-m", "trainframe", "data", "bench", str(config), *overrides, "--seconds",
                         "0.2", "--context", "32"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
