@@ -73,6 +73,12 @@ class TctTokenizer:
         json_str, consumed, _ = self.decode(tokens)
         return json.loads(json_str), consumed
 
+    def decode_file(self, tokens: Sequence[int]) -> tuple[str, str]:
+        """(YAML text, ".yml") of the first complete document: what ``trainframe generate`` writes."""
+        from .generation import workflow_yaml
+
+        return workflow_yaml(self.decode_value(tokens)[0]), ".yml"
+
     def decode_prefix(self, tokens: Sequence[int]) -> tuple[Any, bool]:
         if hasattr(self.m, "decode_prefix"):
             doc, complete = self.m.decode_prefix([int(t) for t in tokens])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -205,12 +206,22 @@ def plugins_main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------- generate
 def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a run directory")
-    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--max-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--prompt", default=None,
+                   help="text to continue (default: a new document; a newline for text tokenizers)")
+    p.add_argument("--prefix-from", type=Path, metavar="FILE",
+                   help="continue this document from its first --prefix-tokens tokens (completion)")
+    p.add_argument("--prefix-tokens", type=int, default=None, metavar="K",
+                   help="how many tokens of --prefix-from to keep (default: all)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=1, help="number of samples (default 1)")
+    p.add_argument("--batch-size", type=int, default=16, help="samples drawn at once (default 16)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="write one file per sample into DIR, plus samples.jsonl, instead of printing")
+    p.add_argument("--constrained", action="store_true",
+                   help="sample only tokens the tokenizer's allowed_next permits (schema-valid output)")
+    p.add_argument("--max-tokens", type=int, default=200, help="new tokens per sample at most (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the K likeliest tokens; 0 = all (default 50)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep tokens up to this mass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default="latest", help="best, latest or a step number")
     p.add_argument("--device", default="auto")
@@ -241,22 +252,144 @@ def load_run_model(run_dir: Path, which: str = "latest", device: str = "auto", p
     return cfg, tokenizer, model.to(pick_device(device)).eval()
 
 
-def generate_main(args: argparse.Namespace) -> int:
-    if args.max_tokens <= 0:
-        raise UserError(f"--max-tokens: expected a positive integer, got {args.max_tokens}")
-    cfg, tokenizer, model = load_run_model(args.run_dir, args.checkpoint, args.device)
+def _prompt(args: argparse.Namespace, tokenizer) -> tuple[list[int], str]:
+    """(prompt ids, prompt text to print before the sample; None: decode the prompt ids with it)."""
+    if args.prefix_from is not None:
+        try:
+            text = args.prefix_from.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--prefix-from: {args.prefix_from}: cannot read: {e}") from None
+        try:
+            ids = list(tokenizer.encode(text))
+        except ValueError as e:
+            raise UserError(f"--prefix-from: {args.prefix_from}: the tokenizer rejects it: {e}") from None
+        return ids[: args.prefix_tokens] if args.prefix_tokens is not None else ids, None
+    if args.prompt is not None:
+        try:
+            return list(tokenizer.encode(args.prompt)), args.prompt
+        except ValueError as e:
+            raise UserError(f"--prompt: the tokenizer rejects it: {e}") from None
+    return [], ""
+
+
+def sample_documents(model, tokenizer, start: list[int], prompt: list[int], n: int, *, max_tokens: int,
+                     batch_size: int = 16, constrained: bool = False, temperature: float = 0.8,
+                     top_k: int | None = 50, top_p: float | None = None, seed: int = 0, progress=None):
+    """Yield (new ids, finished) for ``n`` samples continuing ``start + prompt``.
+
+    A sample is finished when it emits the tokenizer's ``eos_id`` (``pad_id`` for tokenizers whose
+    documents end in padding). ``constrained`` masks every step with ``allowed_next(prompt + new)``.
+    """
+    stop = getattr(tokenizer, "eos_id", None)
+    stop = getattr(tokenizer, "pad_id", None) if stop is None else stop
+    allowed = None
+    if constrained:
+        if not hasattr(tokenizer, "allowed_next"):
+            raise UserError(f"--constrained: the tokenizer {type(tokenizer).__name__} has no allowed_next")
+        skip = len(start)
+        allowed = lambda row: tokenizer.allowed_next(row[skip:])
+        try:
+            allowed(start + prompt)
+        except ValueError as e:
+            raise UserError(f"--constrained: the prompt cannot be completed: {e}") from None
     device = next(model.parameters()).device
-    prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    idx = torch.tensor([prompt] * args.num_samples, device=device)
-    with torch.no_grad():
-        out = model.generate(idx, args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, eos_id=getattr(tokenizer, "eos_id", None), generator=gen)
-    for i, row in enumerate(out.tolist()):
-        if args.num_samples > 1:
-            print(f"--- sample {i + 1}")
-        print(args.prompt + tokenizer.decode(row[len(prompt):]))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    context = start + prompt
+    for first in range(0, n, batch_size):
+        rows = min(batch_size, n - first)
+        idx = torch.tensor([context] * rows, device=device)
+        with torch.no_grad():
+            out = model.generate(idx, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 eos_id=stop, allowed_fn=allowed, generator=gen)
+        for row in out[:, len(context):].tolist():
+            finished = stop is not None and stop in row
+            yield (row[: row.index(stop)] if finished else row), finished
+        if progress is not None:
+            progress(rows)
+
+
+def _render(tokenizer, ids: list[int], prompt_text: str | None, new: list[int]) -> tuple[str, str]:
+    """(file text, suffix): the tokenizer's ``decode_file`` when it has one, else decoded text."""
+    if hasattr(tokenizer, "decode_file"):
+        return tokenizer.decode_file(ids)
+    if prompt_text is None:
+        return tokenizer.decode(ids), ".txt"
+    return prompt_text + tokenizer.decode(new), ".txt"
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    for flag, value in (("--max-tokens", args.max_tokens), ("--n", args.n), ("--batch-size", args.batch_size)):
+        if value <= 0:
+            raise UserError(f"{flag}: expected a positive integer, got {value}")
+    if args.prefix_tokens is not None and (args.prefix_from is None or args.prefix_tokens <= 0):
+        raise UserError("--prefix-tokens: expected a positive integer, together with --prefix-from")
+    if args.prefix_from is not None and args.prompt is not None:
+        raise UserError("--prompt and --prefix-from: give one of them")
+    if args.out is not None and (args.out / "samples.jsonl").exists():
+        raise UserError(f"--out: {args.out} already holds samples (samples.jsonl); choose another directory")
+    cfg, tokenizer, model = load_run_model(args.run_dir, args.checkpoint, args.device)
+    _, data_cfg = cfg.component("data")
+    start = list(data_cfg.start_tokens(tokenizer)) if hasattr(data_cfg, "start_tokens") else []
+    prompt, prompt_text = _prompt(args, tokenizer)
+    if not start and not prompt:  # a text model: continue a newline, as before
+        prompt_text = "\n"
+        prompt = list(tokenizer.encode(prompt_text)) or [tokenizer.eos_id]
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    show = _SampleProgress(args.n) if args.out is not None else None
+    rows = []
+    samples = sample_documents(model, tokenizer, start, prompt, args.n, max_tokens=args.max_tokens,
+                               batch_size=args.batch_size, constrained=args.constrained,
+                               temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                               seed=args.seed, progress=show and show.advance)
+    try:
+        for i, (new, finished) in enumerate(samples, 1):
+            row = {"sample": i, "file": None, "tokens": len(prompt) + len(new), "prompt_tokens": len(prompt),
+                   "finished": finished, "error": None}
+            try:
+                text, suffix = _render(tokenizer, prompt + new, prompt_text, new)
+            except ValueError as e:
+                row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                text = suffix = None
+            if args.out is None:
+                print(f"--- sample {i}" + (f": does not decode: {row['error']}" if row["error"] else ""))
+                if text is not None:
+                    print(text)
+                continue
+            if text is not None:
+                row["file"] = f"sample_{i:04d}{suffix}"
+                _write_text_atomic(args.out / row["file"], text)
+            rows.append(row)
+    finally:
+        if show is not None:
+            show.close()
+    if args.out is not None:
+        _write_text_atomic(args.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        decoded = sum(r["file"] is not None for r in rows)
+        print(f"{len(rows)} samples, {decoded} decoded, {sum(r['finished'] for r in rows)} finished; "
+              f"written to {args.out}")
     return 0
+
+
+class _SampleProgress:
+    """A rich progress bar on a terminal, nothing otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = None
+        if sys.stdout.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.task = self.bar.add_task("sampling", total=total)
+            self.bar.start()
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 # -------------------------------------------------------------------------------- tokenizer train

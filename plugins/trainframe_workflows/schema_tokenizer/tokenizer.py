@@ -127,6 +127,12 @@ class SchemaTokenizer:
         value, consumed = self.decode_value(tokens)
         return json.dumps(value, ensure_ascii=False), consumed, len(tokens)
 
+    def decode_file(self, tokens: Sequence[int]) -> tuple[str, str]:
+        """(YAML text, ".yml") of the first complete document: what ``trainframe generate`` writes."""
+        from ..generation import workflow_yaml
+
+        return workflow_yaml(self.decode_value(tokens)[0]), ".yml"
+
     def decode_prefix(self, tokens: Sequence[int]) -> tuple[Any, bool]:
         """(partial document, complete). Raises SchemaDecodeError on a token that cannot occur."""
         d = StreamDecoder(self.root, self.tables)

@@ -1,0 +1,317 @@
+"""The ``workflows`` dataset: a workflow corpus tokenized once into a cache, split by repository,
+read as windows (see ``windowing``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from trainframe.config import ComponentConfig
+from trainframe.data.datasets import cache_root
+from trainframe.data.shards import token_dtype
+from trainframe.errors import UserError
+
+from .corpus import SUFFIXES, TEXT_FIELDS
+from .schema_tokenizer.yaml_loader import load_document
+from .windowing import (
+    PREFIX_MODES,
+    Layout,
+    apply_prefix,
+    build_fim_row,
+    build_row,
+    epoch_offset,
+    num_gaps,
+    window_starts,
+)
+
+CACHE_VERSION = "workflows-v2"
+SHOW_SKIPPED = 20  # skipped workflows named in the run log; the cache lists all
+
+
+class WorkflowsConfig(ComponentConfig):
+    path: str = Field(description="a .jsonl of workflows, a directory of .yml/.yaml/.json files, or one file")
+    val_ratio: float = Field(0.1, ge=0, lt=1, description="share of repositories held out for validation")
+    cache_dir: str | None = Field(None, description="where tokenized corpora go; default ~/.cache/trainframe")
+    epoch_offset: bool = Field(False, description="shift window starts by offset_stride each epoch")
+    offset_stride: int = Field(32, ge=1)
+    position_token: bool = Field(False, description="lead each window with a token giving its start")
+    prefix: Literal[PREFIX_MODES] = Field("all", description="which prefix lengths of a document-start window train")
+    prefix_count: int = Field(8, ge=1, description="prefix lengths per window for linear, sample and hybrid")
+    prefix_bias: Literal["short", "uniform"] = "uniform"
+    fim_rate: float = Field(0.0, ge=0, le=1, description="share of windows that may get masked gaps")
+    geometric_p: float = Field(1.0, gt=0, le=1, description="gaps per FIM window ~ Geometric(p) - 1; 1.0 = none")
+    fim_max_gaps: int = Field(3, ge=1, le=16)
+
+    @property
+    def fim(self) -> bool:
+        return self.fim_rate > 0 and self.geometric_p < 1
+
+    def layout(self, tokenizer, context: int) -> Layout:
+        return Layout(context=context, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id,
+                      vocab_size=tokenizer.vocab_size(), position_token=self.position_token,
+                      fim=self.fim, fim_max_gaps=self.fim_max_gaps)
+
+    def start_tokens(self, tokenizer) -> list[int]:
+        """The tokens a document starts with in training: the prompt that generates a new one."""
+        return self.layout(tokenizer, 0).lead_tokens(None, 0)
+
+
+# ------------------------------------------------------------------------------------ the corpus
+def repo_of(name: str) -> str:
+    """The repository a workflow belongs to: the part before ``/.github/``, else its directory."""
+    if "/.github/" in name:
+        return name.split("/.github/")[0]
+    return os.path.dirname(name) or name
+
+
+def iter_workflows(path: Path) -> Iterator[tuple[str, str | None, str | None]]:
+    """(name, text, None) per workflow, or (name, None, reason) for input that cannot be read."""
+    if path.is_dir():
+        for f in sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SUFFIXES):
+            name = str(f.relative_to(path))
+            try:
+                yield name, f.read_text(encoding="utf-8"), None
+            except UnicodeDecodeError as e:
+                yield name, None, f"not UTF-8 text (byte {e.start})"
+    elif path.suffix == ".jsonl":
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    yield f"line {n}", None, "not JSON"
+                    continue
+                text = next((row[k] for k in TEXT_FIELDS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
+                if text is None:
+                    yield f"line {n}", None, "no 'yaml' (or 'json', 'text') string field"
+                    continue
+                name = row.get("path") or f"line {n}"
+                yield (f"{row['repo']}/{name}" if row.get("repo") else name), text, None
+    else:
+        try:
+            yield path.name, path.read_text(encoding="utf-8"), None
+        except UnicodeDecodeError as e:
+            yield path.name, None, f"not UTF-8 text (byte {e.start})"
+
+
+def corpus_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise UserError(f"data.path: {path}: no such file or directory; expected a .jsonl of workflows, "
+                        "a directory or a workflow file")
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
+        if not files:
+            raise UserError(f"data.path: {path}: no .yml, .yaml or .json files in this directory")
+        return files
+    if path.suffix not in (*SUFFIXES, ".jsonl"):
+        raise UserError(f"data.path: {path}: expected a .jsonl of workflows, a directory, or a .yml/.yaml/.json file")
+    return [path]
+
+
+def cache_key(path: Path, files: list[Path], fingerprint: str) -> str:
+    """Content hash of corpus and tokenizer: any edit to either makes a new cache entry."""
+    h = hashlib.sha256(f"{CACHE_VERSION}\0{fingerprint}\0".encode())
+    for f in files:
+        h.update(f"{f.relative_to(path) if path.is_dir() else ''}\0".encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:24]
+
+
+def _progress(items, total: int, label: str):
+    if not sys.stdout.isatty():
+        return items
+    from rich.progress import track
+
+    return track(items, total=total, description=label, transient=True)
+
+
+def tokenize_corpus(path: Path, files: list[Path], tokenizer, out: Path) -> None:
+    """Encode every workflow into ``out`` (tokens.bin + docs.json), atomically. Each document is
+    stored followed by its end-of-document PAD, so a window is a view into the file."""
+    if path.suffix == ".jsonl":
+        with open(path, "rb") as fh:
+            total = sum(1 for _ in fh)
+    else:
+        total = len(files)
+    docs, skipped, chunks = [], [], []
+    for name, text, error in _progress(iter_workflows(path), total, f"tokenizing {path.name}"):
+        if error is None:
+            try:
+                value = load_document(text)
+                ids = tokenizer.encode_value(value)
+            except (ValueError, RecursionError) as e:
+                error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if error is not None:
+            skipped.append([name, error])
+            continue
+        chars = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+        docs.append([name, repo_of(name), len(ids), chars])
+        chunks.append(np.asarray([*ids, tokenizer.pad_id], dtype=np.int64))  # PAD: the end-of-document target
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    tokens.astype(token_dtype(tokenizer.vocab_size())).tofile(tmp / "tokens.bin")
+    meta = {"version": CACHE_VERSION, "source": str(path), "dtype": token_dtype(tokenizer.vocab_size()).name,
+            "docs": docs, "skipped": skipped}
+    (tmp / "docs.json").write_text(json.dumps(meta))
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process wrote the same entry first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_corpus(cfg: WorkflowsConfig, tokenizer) -> tuple[np.ndarray, dict, Path]:
+    """(tokens, meta, cache dir): reuses the cache entry of this corpus and tokenizer if there is one."""
+    if not hasattr(tokenizer, "encode_value") or not hasattr(tokenizer, "mask_id"):
+        raise UserError("data 'workflows': needs a workflow tokenizer (tokenizer.name: schema or tct), "
+                        f"got {type(tokenizer).__name__}")
+    path = Path(cfg.path).expanduser()
+    files = corpus_files(path)
+    out = cache_root(cfg.cache_dir) / "workflows" / cache_key(path, files, tokenizer.fingerprint())
+    reused = (out / "docs.json").exists()
+    if not reused:
+        tokenize_corpus(path, files, tokenizer, out)
+    meta = json.loads((out / "docs.json").read_text())
+    tokens = np.memmap(out / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r") if meta["docs"] else np.zeros(0)
+    n_tok = sum(d[2] for d in meta["docs"])  # not counting the end PADs
+    print(f"data: {path}: {len(meta['docs'])} workflows, {n_tok:,} tokens, {len(meta['skipped'])} skipped "
+          f"({'cached' if reused else 'tokenized'} in {out})")
+    for name, reason in meta["skipped"][:SHOW_SKIPPED]:
+        print(f"data: skipped {name}: {reason}")
+    if len(meta["skipped"]) > SHOW_SKIPPED:
+        print(f"data: ... {len(meta['skipped']) - SHOW_SKIPPED} more skipped, all listed in {out / 'docs.json'}")
+    return tokens, meta, out
+
+
+def repo_bucket(repo: str) -> float:
+    """A stable number in [0, 1) per repository: the split never depends on order or run."""
+    return int.from_bytes(hashlib.sha256(repo.encode()).digest()[:8], "big") / 2 ** 64
+
+
+def split_docs(repos: list[str], val_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) document indices; a repository's workflows are all on one side."""
+    buckets = {r: repo_bucket(r) for r in set(repos)}
+    val_repos = {r for r, u in buckets.items() if u < val_ratio}
+    if val_ratio > 0 and not val_repos and len(buckets) > 1:
+        val_repos = {min(buckets, key=buckets.get)}  # a tiny corpus still gets a validation set
+    is_val = np.array([r in val_repos for r in repos], dtype=bool)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+# ----------------------------------------------------------------------------------- the windows
+class WorkflowWindows:
+    """Windows over tokenized workflows. Each epoch lays windows over every training document
+    (shifted by the epoch's offset), shuffles them with a seeded permutation and deals every
+    world_size-th one to this rank. (epoch, index) is the whole state; per-window randomness
+    (prefix samples, gaps) is seeded by (seed, epoch, window), so a resume is exact."""
+
+    def __init__(self, tokens: np.ndarray, lengths: np.ndarray, chars: np.ndarray, train: np.ndarray,
+                 val: np.ndarray, cfg: WorkflowsConfig, layout: Layout, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        self.tokens = np.asarray(tokens)  # a plain view of the memmap: cheaper to slice
+        self.lengths, self.cfg, self.layout = lengths, cfg, layout
+        self.offsets = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+        self.train_docs, self.val_docs = train, val
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        if layout.capacity < 2:
+            raise UserError(f"model.context {layout.context} is too short for this data layout "
+                            f"(each window needs {layout.context + 1 - layout.capacity} lead/FIM tokens)")
+        val_chars = float(chars[val].sum()) if len(val) else 0.0
+        # Targets per document: its tokens plus the end-of-document PAD.
+        self.chars_per_token = val_chars / float((lengths[val] + 1).sum()) if len(val) else None
+        self.val_windows = self._windows(val, 0)
+        self.epoch, self.index = 0, 0
+        self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        if len(self._epoch(0)[1]) < 1:
+            raise UserError(f"data.path: {cfg.path}: no training windows for rank {rank} of {world_size} "
+                            f"({len(train)} training workflows)")
+
+    def _windows(self, docs: np.ndarray, offset: int) -> np.ndarray:
+        """(doc, start, end) rows of one epoch's windows over ``docs``."""
+        rows = [(d, a, b) for d in docs.tolist()
+                for a, b in window_starts(int(self.lengths[d]) + 1, self.layout.capacity, offset)]
+        return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(windows, this rank's window order) for ``epoch``."""
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            offset = epoch_offset(epoch, self.cfg.offset_stride, self.layout.capacity) if self.cfg.epoch_offset else 0
+            windows = self._windows(self.train_docs, offset)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(windows))
+            self._epoch_cache = (epoch, windows, perm[self.rank:: self.world_size])
+        return self._epoch_cache[1], self._epoch_cache[2]
+
+    def seq(self, doc: int) -> np.ndarray:
+        """A document's tokens and its end PAD (a view, no copy)."""
+        off = int(self.offsets[doc])
+        return self.tokens[off: off + int(self.lengths[doc]) + 1]
+
+    def row(self, window: np.ndarray, seed: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """One training row, its random choices seeded by ``seed``; None gives the plain row (validation)."""
+        doc, a, b = (int(x) for x in window)
+        seq, cfg = self.seq(doc), self.cfg
+        random = seed is not None and (cfg.fim or (a == 0 and cfg.prefix != "all"))
+        rng = np.random.default_rng(seed) if random else None
+        if rng is not None and cfg.fim and rng.random() < cfg.fim_rate:
+            gaps = num_gaps(cfg.geometric_p, cfg.fim_max_gaps, rng)
+            if gaps:
+                return build_fim_row(seq, a, b, gaps, self.layout, rng)
+        inputs, targets = build_row(seq, a, b, self.layout)
+        if rng is not None and a == 0 and cfg.prefix != "all":
+            targets = apply_prefix(targets, self.layout.lead, b - a, cfg.prefix, cfg.prefix_count,
+                                   cfg.prefix_bias, rng)
+        return inputs, targets
+
+    @staticmethod
+    def _stack(rows) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(np.stack([r[0] for r in rows])), torch.from_numpy(np.stack([r[1] for r in rows]))
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        while len(rows) < batch_size:
+            windows, order = self._epoch(self.epoch)
+            i = int(order[self.index])
+            rows.append(self.row(windows[i], [self.seed, self.epoch, i]))
+            self.index += 1
+            if self.index >= len(order):
+                self.epoch, self.index = self.epoch + 1, 0
+        return self._stack(rows)
+
+    def val_batches(self, batch_size: int, max_batches: int):
+        val = self.val_windows[self.rank:: self.world_size]
+        for b in range(min(max_batches, -(-len(val) // batch_size))):
+            yield self._stack([self.row(w, None) for w in val[b * batch_size: (b + 1) * batch_size]])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def build_workflows(cfg: WorkflowsConfig, *, tokenizer, context: int, seed: int, rank: int = 0, world_size: int = 1):
+    tokens, meta, _ = open_corpus(cfg, tokenizer)
+    docs = meta["docs"]
+    if not docs:
+        raise UserError(f"data.path: {cfg.path}: no workflow could be encoded ({len(meta['skipped'])} skipped)")
+    lengths = np.array([d[2] for d in docs], dtype=np.int64)
+    chars = np.array([d[3] for d in docs], dtype=np.int64)
+    train, val = split_docs([d[1] for d in docs], cfg.val_ratio)
+    if rank == 0:
+        print(f"data: split by repository: {len(train)} train / {len(val)} val workflows")
+    return WorkflowWindows(tokens, lengths, chars, train, val, cfg, cfg.layout(tokenizer, context), seed, rank, world_size)
