@@ -131,14 +131,12 @@ def _prepare_source(src: SourceConfig, where: str, out: Path, tokenizer, pool, w
     pending = []  # (index, future) in chunk order
 
     def collect(index, stats):
-        nonlocal fresh_bytes
         for k in done:
             done[k] += stats[k]
         shards.append({"file": f"chunk_{index:05d}.bin", "tokens": stats["tokens"]})
         progress.update(task, done, t0, fresh_bytes)
 
     capped = lambda: src.max_tokens is not None and done["tokens"] >= src.max_tokens
-    index = -1
     for index, (chunk, bad) in enumerate(_chunks(texts, chunk_bytes)):
         marker = out / f"chunk_{index:05d}.json"
         if marker.exists() and (out / f"chunk_{index:05d}.bin").exists():
