@@ -130,6 +130,6 @@ def eval_main(args: argparse.Namespace) -> int:
     print(f"{'':{width}}  " + "  ".join(f"{n:>{c}}" for n, c in zip(names, cols)))
     for key, label in ROWS:
         print(f"{label:{width}}  " + "  ".join(f"{_cell(key, r):>{c}}" for r, c in zip(results, cols)))
-    if results[0]["actionlint_findings"] is None and not args.no_actionlint:
+    if shutil.which("actionlint") is None and not args.no_actionlint:
         print("(actionlint is not installed: no lint figures)")
     return 0
