@@ -352,7 +352,8 @@ def generate_main(args: argparse.Namespace) -> int:
                 row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
                 text = suffix = None
             if args.out is None:
-                print(f"--- sample {i}" + (f": does not decode: {row['error']}" if row["error"] else ""))
+                if args.n > 1 or row["error"]:
+                    print(f"--- sample {i}" + (f": does not decode: {row['error']}" if row["error"] else ""))
                 if text is not None:
                     print(text)
                 continue
