@@ -501,8 +501,7 @@ class HybridController(PhaseController):
         if self.cfg.predictor == "skip":
             self.last_delta = [torch.zeros_like(d) for d in self.step_direction]
             return [0.0] * len(self.group_names)
-        coefficient = torch.tensor(self.coefficients, device=self.device)[self.group_index]
-        self.last_delta = torch._foreach_mul(self.step_direction, list(coefficient.unbind()))
+        self.last_delta = torch._foreach_mul(self.step_direction, [self.coefficients[g] for g in self.group_of])
         torch._foreach_add_(self.moved, self.last_delta)
         self._move(self.last_delta, 1.0)
         return self._group_norms(self.last_delta)
@@ -526,9 +525,7 @@ class HybridController(PhaseController):
             best = min(max(-b / (2 * a), 0.0), 1.5) if a > 0 else min(zip((l1, lh, l0), PROBE_SCALES))[1]
         residual = self.corrector.predict(self.cycle["features"] if self.cycle else features)[1:].tolist()
         targets = [min(max(best + r, 0.0), 1.5) for r in residual]
-        factor = torch.tensor([t - self.scale for t in targets], device=self.device)[
-            self.group_index]
-        delta = torch._foreach_mul(self.moved, list(factor.unbind()))
+        delta = torch._foreach_mul(self.moved, [targets[g] - self.scale for g in self.group_of])
         self._move(delta, 1.0)
         # The move now stands at ``targets``: keep ``moved`` equal to it for the residual.
         torch._foreach_add_(self.moved, delta)
