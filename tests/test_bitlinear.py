@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_YAML
 
 from trainframe.config import load_config
 from trainframe.engine.build import build_trainer
@@ -121,8 +122,6 @@ def test_accumulated_gradients_equal_one_batch():
 
 def test_tiny_bitlinear_model_trains(tmp_path):
     """200 steps on Tiny Shakespeare on CPU: the loss falls well below the uniform-guess level."""
-    from conftest import TINY_YAML
-
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_YAML)
     plugins = current()
