@@ -325,8 +325,8 @@ def generate_main(args: argparse.Namespace) -> int:
         raise UserError("--prefix-tokens: expected a positive integer, together with --prefix-from")
     if args.prefix_from is not None and args.prompt is not None:
         raise UserError("--prompt and --prefix-from: give one of them")
-    if args.out is not None and (args.out / "samples.jsonl").exists():
-        raise UserError(f"--out: {args.out} already holds samples (samples.jsonl); choose another directory")
+    if args.out is not None and args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UserError(f"--out: {args.out} exists and is not an empty directory; choose a new one")
     cfg, tokenizer, model = load_run_model(args.run_dir, args.checkpoint, args.device)
     _, data_cfg = cfg.component("data")
     start = list(data_cfg.start_tokens(tokenizer)) if hasattr(data_cfg, "start_tokens") else []
