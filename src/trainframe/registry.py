@@ -20,8 +20,7 @@ from typing import Any, Callable
 from trainframe.config import ComponentConfig
 from trainframe.errors import UserError
 
-KINDS = ("dataset", "tokenizer", "model", "optimizer", "schedule", "phases", "logger", "callback",
-         "tokenizer_trainer")
+KINDS = ("dataset", "tokenizer", "model", "optimizer", "schedule", "phases", "logger", "callback")
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,10 @@ def closest(name: str, choices) -> str:
 
 @dataclass
 class Registry:
-    components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    # Tokenizer trainers sit next to the component kinds (listed and merged alike), but are added only
+    # through add_tokenizer_trainer.
+    components: dict[str, dict[str, Component]] = field(
+        default_factory=lambda: {k: {} for k in (*KINDS, "tokenizer_trainer")})
     commands: dict[str, Command] = field(default_factory=dict)
     current_plugin: str = "trainframe"
 
@@ -66,7 +68,7 @@ class Registry:
         config: type[ComponentConfig] = ComponentConfig,
         help: str = "",
     ) -> None:
-        if kind not in self.components:
+        if kind not in KINDS:
             raise ValueError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
         if not (isinstance(config, type) and issubclass(config, ComponentConfig)):
             raise TypeError(f"{kind} {name!r}: config must subclass trainframe.config.ComponentConfig")
