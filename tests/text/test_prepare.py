@@ -130,3 +130,14 @@ def test_offline_hub_source_is_one_line_and_exit_2(tmp_path, bpe_path):
     assert lines[0].startswith("data.sources[0]: cannot load 'HuggingFaceFW/fineweb-edu' from the Hugging Face hub "
                                "(offline: HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1)")
     assert "point the source at local files: {files: [path/*.parquet], text_field: text}" in lines[0]
+
+
+def test_row_texts_join_fields_and_reject_bad_values():
+    from trainframe_text.sources import SourceConfig, iter_texts
+
+    rows = [{"question": "2+2?", "answer": "4"}, {"question": "x", "answer": None},
+            {"question": b"\xff", "answer": "y"}, {"question": "\ud800", "answer": "z"}]
+    assert list(iter_texts(rows, ["question", "answer"], "s")) == ["2+2?\n\n4", None, None, None]
+    gsm8k = SourceConfig(preset="gsm8k", weight=0.1)
+    assert (gsm8k.hf, gsm8k.config, gsm8k.text_field, gsm8k.label) == ("openai/gsm8k", "main",
+                                                                       ["question", "answer"], "gsm8k")
