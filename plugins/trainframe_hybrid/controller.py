@@ -315,7 +315,7 @@ class HybridController(PhaseController):
             delta_norms = self._correct(features)
             metrics["correct_scale"] = self.best_scale
         if now == "predict":
-            if was != "predict":
+            if reason:  # a new phase (also predict -> predict when there are no correct steps)
                 self._start_cycle(features)
             delta_norms = self._predicted_move()
             self.last_update_norms = delta_norms
