@@ -28,6 +28,9 @@ check runs on the device and the loss, grad norm and skip counts are read back o
 tensors; a run of ``max_bad_steps`` NaN steps is noticed at the next log step. Otherwise (other
 optimizers, controllers that override ``observe``) they are read back every step.
 
+Training batches are made in a background thread while the device computes
+(``trainframe.engine.prefetch``); checkpoints hold the data position of the batches trained on.
+
 Under data parallelism (``trainframe.engine.distributed``) every rank runs this loop on its shard
 of the data; the loss is the mean over ranks, loggers and checkpoint writes are on rank 0 only.
 """
@@ -47,6 +50,7 @@ from trainframe.config import RunConfig
 from trainframe.engine import checkpoint as ckpt
 from trainframe.engine import distributed
 from trainframe.engine.distributed import World
+from trainframe.engine.prefetch import Prefetcher
 from trainframe.errors import UserError
 from trainframe.logging import truncate_metrics
 from trainframe.phases import Phase, PhaseController, StepOutcome
@@ -99,6 +103,7 @@ class Trainer:
         self.defer_sync = (skips_on_device(optimizer) and not controller.wants_update_norms
                            and type(controller).observe is PhaseController.observe and not self.sharded)
         self._pending: list[torch.Tensor] = []  # per step: (loss, grad norm, skipped), on the device
+        self._batches: Prefetcher | None = None  # the training batches while fit() runs
         self._interrupt = False
         self.params = [p for p in model.parameters() if p.requires_grad]
         for g in optimizer.param_groups:  # set before any checkpoint load: the group keys must match
@@ -126,6 +131,9 @@ class Trainer:
         previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             self.hook.trainframe_fit_start(trainer=self)
+            # Started after fit_start and any resume, so it reads ahead from the restored position.
+            self._batches = Prefetcher(self.dataset, t.batch_size, depth=2 * t.grad_accum,
+                                       pin=self.device.type == "cuda")
             self._window_start = (time.perf_counter(), self.tokens_seen)
             while self.step < self.max_steps and self.stop_reason is None:
                 self.train_step()
@@ -146,6 +154,9 @@ class Trainer:
             self.hook.trainframe_exception(trainer=self, exception=e)
             raise
         finally:
+            if self._batches is not None:
+                self._batches.close()
+                self._batches = None
             signal.signal(signal.SIGINT, previous_sigint)
             self.hook.trainframe_fit_end(trainer=self)
             for obj in self.listeners:
@@ -186,7 +197,7 @@ class Trainer:
         self.phase = phase
         lr = self._set_lr(step)
         self.hook.trainframe_step_start(trainer=self, step=step, phase=phase.value)
-        batches = [self._to_device(self.dataset.next_batch(t.batch_size)) for _ in range(t.grad_accum)]
+        batches = [self._to_device(self._next_batch()) for _ in range(t.grad_accum)]
         batches = self.controller.batches_for(phase, batches)
 
         if phase == Phase.FULL:
@@ -204,6 +215,11 @@ class Trainer:
             self.flush()
             self._log_train({**metrics, **{k: float(metrics[k]) for k in ("loss", "grad_norm")
                                           if isinstance(metrics[k], torch.Tensor)}})
+
+    def _next_batch(self):
+        if self._batches is not None:
+            return self._batches.next_batch()
+        return self.dataset.next_batch(self.config.trainer.batch_size)  # train_step outside fit()
 
     def _losses(self, batches, backward: bool) -> torch.Tensor:
         """The step's loss over its micro-batches, running backward per micro-batch when asked.
@@ -432,7 +448,7 @@ class Trainer:
                      "bad_steps": self.bad_steps, "bad_steps_total": self.bad_steps_total,
                      "backward_passes": self.backward_passes, "max_steps": self.max_steps,
                      "phase": self.phase.value if self.phase else None, "world_size": self.world.size},
-            "data": self.dataset.state_dict(),
+            "data": self._batches.state_dict() if self._batches is not None else self.dataset.state_dict(),
             "rng": ckpt.rng_state(),
             "controller": self.controller.state_dict(),
             "config": self.config.to_yaml(),
