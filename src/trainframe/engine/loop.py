@@ -132,8 +132,7 @@ class Trainer:
         try:
             self.hook.trainframe_fit_start(trainer=self)
             # Started after fit_start and any resume, so it reads ahead from the restored position.
-            self._batches = Prefetcher(self.dataset, t.batch_size, depth=2 * t.grad_accum,
-                                       pin=self.device.type == "cuda")
+            self._batches = Prefetcher(self.dataset, t.batch_size, depth=2 * t.grad_accum, device=self.device)
             self._window_start = (time.perf_counter(), self.tokens_seen)
             while self.step < self.max_steps and self.stop_reason is None:
                 self.train_step()

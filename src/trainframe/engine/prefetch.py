@@ -19,8 +19,12 @@ import torch
 
 
 class Prefetcher:
-    def __init__(self, dataset, batch_size: int, depth: int = 2, pin: bool = False):
-        self.dataset, self.batch_size, self.pin = dataset, batch_size, pin
+    def __init__(self, dataset, batch_size: int, depth: int = 2, device: torch.device | None = None):
+        """``device``: the CUDA device the batches go to (they are then pinned); None = no pinning."""
+        self.dataset, self.batch_size = dataset, batch_size
+        self.pin_device = None
+        if device is not None and device.type == "cuda":  # "cuda" means the creating thread's device
+            self.pin_device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
         self._state = copy.deepcopy(dataset.state_dict())
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -28,6 +32,8 @@ class Prefetcher:
         self._thread.start()
 
     def _work(self) -> None:
+        if self.pin_device is not None:  # a new thread starts on device 0; pin for this rank's GPU
+            torch.cuda.set_device(self.pin_device)
         while not self._stop.is_set():
             try:
                 batch = self._prepare(self.dataset.next_batch(self.batch_size))
@@ -45,7 +51,7 @@ class Prefetcher:
 
     def _prepare(self, batch):
         # Contiguous, then pinned: the host-to-device copy can then run without waiting for the GPU.
-        if self.pin:
+        if self.pin_device is not None:
             return tuple(t.contiguous().pin_memory() for t in batch)
         return batch
 
