@@ -230,21 +230,11 @@ class Attention(nn.Module):
         self.v = linear(cfg.d_model, self.n_kv_head * self.head_dim)
         self.o = linear(self.n_head * self.head_dim, cfg.d_model)
 
-    def _project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if all(type(lin) is nn.Linear for lin in (self.q, self.k, self.v)):
-            # One matmul over the stacked weights instead of three, forward and backward (where the
-            # three input gradients would also need summing): the parameters and checkpoints stay
-            # q, k, v, and swapped-in layers (BitLinear) keep their own forward.
-            w = torch.cat((self.q.weight, self.k.weight, self.v.weight))
-            return F.linear(x, w).split((self.q.out_features, self.k.out_features, self.v.out_features), dim=-1)
-        return self.q(x), self.k(x), self.v(x)
-
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self._project_qkv(x)
-        q = q.view(B, T, self.n_head, self.head_dim)
-        k = k.view(B, T, self.n_kv_head, self.head_dim)
-        v = v.view(B, T, self.n_kv_head, self.head_dim)
+        q = self.q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.v(x).view(B, T, self.n_kv_head, self.head_dim)
         if self.qk_norm:
             # Bounds attention logits; stabilises training at high LR and with ternary weights.
             q = F.rms_norm(q, (self.head_dim,), eps=1e-6)
