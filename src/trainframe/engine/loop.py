@@ -355,7 +355,7 @@ class Trainer:
         row = {**metrics, "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s,
                "backward_passes": self.backward_passes, "skipped_steps": self.bad_steps_total}
         if self.peak_flops and self.flops_per_token:
-            row["mfu"] = tokens_per_s * self.flops_per_token / self.peak_flops
+            row["mfu"] = tokens_per_s / self.world.size * self.flops_per_token / self.peak_flops  # per GPU
         if self.device.type == "cuda":
             row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.hook.trainframe_log(trainer=self, step=self.step, metrics=row)
