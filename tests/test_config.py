@@ -51,7 +51,7 @@ BAD = [
     ("loggers: [{name: wandb}]",
      "x.yaml: loggers.0.name: unknown logger 'wandb'; registered: console, jsonl, tensorboard"),
     ("loggers: [{name: jsonl, every: 3}]", "x.yaml: loggers.0.every: unknown key"),
-    ("phases: {name: ful}", "x.yaml: phases.name: unknown phases 'ful' (did you mean 'full'?); registered: full"),
+    ("phases: {name: ful}", "x.yaml: phases.name: unknown phases 'ful' (did you mean 'full'?); registered: extrapolate, full, hybrid, nowcast, skip"),
     ("data: {name: textfile, path: a.txt, val_fraction: 1.5}",
      "x.yaml: data.val_fraction: expected a number >= 0 and < 1, got 1.5"),
     ("data: tiny", "x.yaml: data: expected a mapping with a 'name' key, got 'tiny'"),
