@@ -1,0 +1,128 @@
+"""Usage: python benchmarks/vs_reference.py run|table OUT_DIR   (from the repository root, on a GPU)
+
+REF_DIR names the folder holding the hand-written reference loop ref_gpt.py (default
+../shared/bench); PERF_DATA the text file for the real-data run. SMOKE=1 runs a tiny shape on CPU.
+
+One GPU, one process: the reference loop (ref_gpt.py) and `trainframe bench throughput`
+(the same function, trainframe.bench.run_bench) at each shape, interleaved, then real vs random
+data at one shape. Writes OUT/results.jsonl (one line per run, as soon as it ends) and OUT/table.md.
+The real-vs-random shape runs first (a timeout then costs a large shape, not that pair) and with more
+timed steps: at batch 32 a step takes ~13 ms, and a 2% comparison needs more than a second of steps."""
+import gc
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.environ.get("REF_DIR", "../shared/bench"))
+import ref_gpt
+
+from trainframe.bench import run_bench
+from trainframe.plugins import load_plugins
+
+OUT = sys.argv[-1]
+TABLE_ONLY = sys.argv[1] == "table"  # `perf.py table OUT`: the tables from OUT/results.jsonl (after a timeout too)
+SMOKE = bool(os.environ.get("SMOKE"))
+CUDA = torch.cuda.is_available()
+DATA = os.environ.get("PERF_DATA", "../shared/data/text/tinyshakespeare.txt")
+# name, vocab, d_model, layers, heads, context, batch
+SHAPES = [
+    ("384d x 8L, V 8192, ctx 512, b 128", 8192, 384, 8, 6, 512, 128),
+    ("768d x 10L, V 8192, ctx 512, b 64", 8192, 768, 10, 12, 512, 64),
+    ("768d x 12L, V 65536, ctx 1024, b 32", 65536, 768, 12, 12, 1024, 32),
+    ("384d x 8L, V 8192, ctx 512, b 32", 8192, 384, 8, 6, 512, 32),
+]
+if SMOKE:
+    SHAPES = [("smoke 64d x 2L, V 512, ctx 64, b 4", 512, 64, 2, 2, 64, 4)]
+STEPS, WARMUP = (3, 1) if SMOKE else (60, 10)
+DATA_STEPS = 3 if SMOKE else 300  # the last shape, where real and random data are compared
+RUN_ORDER = [SHAPES[-1], *SHAPES[:-1]]
+torch.backends.cuda.matmul.allow_tf32 = True
+plugins = load_plugins()
+results = []
+
+
+def record(row):
+    results.append(row)
+    print(json.dumps(row), flush=True)
+    with open(os.path.join(OUT, "results.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def free():
+    gc.collect()
+    torch._dynamo.reset()
+    if CUDA:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def steps_for(shape):
+    return DATA_STEPS if shape == SHAPES[-1] else STEPS
+
+
+def ours(shape, data):
+    name, V, d, L, h, T, B = shape
+    overrides = [f"model.vocab_size={V}", f"model.d_model={d}", f"model.n_layer={L}", f"model.n_head={h}",
+                 f"model.context={T}", f"trainer.batch_size={B}", f"data.path={DATA}"]
+    if SMOKE:
+        overrides.append("trainer.device=cpu")
+    t0 = time.time()
+    steps = steps_for(shape)
+    r = run_bench("configs/bench-ref.yaml", overrides, steps, WARMUP, data, plugins)
+    record({"who": "trainframe", "shape": name, "data": data, "wall_s": round(time.time() - t0, 1),
+            "command": "trainframe bench throughput configs/bench-ref.yaml " + " ".join(overrides)
+            + f" --steps {steps} --warmup {WARMUP} --data {data} --json", **r})
+    free()
+
+
+if TABLE_ONLY:
+    path = os.path.join(OUT, "results.jsonl")
+    with open(path) if os.path.exists(path) else open(os.devnull) as f:
+        results = [json.loads(line) for line in f]
+    SHAPES = [s for s in SHAPES if any(r["shape"] == s[0] for r in results)] or SHAPES
+else:
+    print(torch.__version__, torch.cuda.get_device_name() if CUDA else "cpu", flush=True)
+for shape in [] if TABLE_ONLY else RUN_ORDER:
+    if CUDA:  # the reference loop is CUDA-only
+        t0 = time.time()
+        r = ref_gpt.run(*shape, steps=steps_for(shape), compile_=True)
+        record({"who": "reference", "shape": shape[0], "data": "random", "wall_s": round(time.time() - t0, 1),
+                "tokens_per_s": r["tok_s"], "ms_per_step": r["ms_step"], "mfu": r["mfu_vs_989"],
+                "peak_mem_gb": r["mem_GB"]})
+        free()
+    ours(shape, "random")
+    if shape == SHAPES[-1]:
+        ours(shape, "real")
+if not TABLE_ONLY:
+    sys.exit(0)
+
+# ---- tables
+def find(who, shape, data="random"):
+    return next((r for r in results if r["who"] == who and r["shape"] == shape and r["data"] == data), None)
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+lines = ["| shape | reference tok/s | trainframe tok/s | ratio | ref MFU | trainframe MFU | ref mem GB | trainframe mem GB |",
+         "|---|---|---|---|---|---|---|---|"]
+for shape in SHAPES:
+    ref, tf = find("reference", shape[0]), find("trainframe", shape[0])
+    ratio = tf["tokens_per_s"] / ref["tokens_per_s"] if ref and tf else None
+    lines.append(f"| {shape[0]} | {fmt(ref and ref['tokens_per_s'], ',.0f')} | {fmt(tf and tf['tokens_per_s'], ',.0f')} "
+                 f"| {fmt(ratio, '.3f')} | {fmt(ref and ref['mfu'], '.1%')} | {fmt(tf and tf['mfu'], '.1%')} "
+                 f"| {fmt(ref and ref['peak_mem_gb'], '.1f')} | {fmt(tf and tf['peak_mem_gb'], '.1f')} |")
+rand, real = find("trainframe", SHAPES[-1][0]), find("trainframe", SHAPES[-1][0], "real")
+lines += ["", "| data (" + SHAPES[-1][0] + ") | tok/s | ms/step | vs random |", "|---|---|---|---|"]
+for label, r in (("random tokens", rand), ("tinyshakespeare (textfile, bytes)", real)):
+    if r and rand:
+        lines.append(f"| {label} | {r['tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} | "
+                     f"{r['tokens_per_s'] / rand['tokens_per_s']:.3f} |")
+table = "\n".join(lines)
+with open(os.path.join(OUT, "table.md"), "w") as f:
+    f.write(table + "\n")
+print(table)
