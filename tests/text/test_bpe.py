@@ -46,3 +46,27 @@ def test_train_errors_are_one_line(tmp_path, capsys):
 def test_missing_tokenizer_file_names_the_command(tmp_path):
     with pytest.raises(UserError, match=r"tokenizer.path: .*nope.json: no such file; train one with"):
         load_bpe(tmp_path / "nope.json")
+
+
+def test_batch_encoding_by_pieces_equals_whole_text_encoding(bpe_path):
+    """The prepare path encodes each distinct pre-split piece once; it must give exactly the ids
+    that encoding each whole text gives, on real text and on awkward Unicode."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    tok = load_bpe(bpe_path)
+    assert tok._split is not None
+
+    def whole(texts):
+        return [tok._tok.encode(t, add_special_tokens=False).ids for t in texts]
+
+    rows = [p for p in SHAKESPEARE.read_text().split("\n\n")[:400] if p]
+    rows += ["<|eos|> inside text", "tabs\tand\r\nCRLF  \n\n  ", "naïve café 東京 ١٢٣٤ 12345 \u2028\x85\xa0end", ""]
+    assert tok.encode_batch(rows) == whole(rows)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.text(max_size=40), max_size=5))
+    def check(texts):
+        assert tok.encode_batch(texts) == whole(texts)
+
+    check()
