@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_YAML
+from support import TINY_YAML
 
 from trainframe.config import load_config
 from trainframe.engine.build import build_trainer

@@ -1,8 +1,8 @@
 """Configs: extends, overrides, and the exact one-line message for each kind of mistake."""
 
 import pytest
+from support import SHAKESPEARE, run_cli
 
-from conftest import SHAKESPEARE, run_cli
 from trainframe.config import load_config
 from trainframe.errors import UserError
 from trainframe.plugins import load_plugins

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
+from support import REPO, run_cli
 
-from conftest import REPO, run_cli
 from trainframe.config import load_config
 from trainframe.engine import checkpoint as ckpt
 from trainframe.engine.build import build_trainer

@@ -4,7 +4,7 @@ import json
 import math
 
 import pytest
-from conftest import SHAKESPEARE
+from support import SHAKESPEARE
 from test_export import train_run
 
 from trainframe.cli import main

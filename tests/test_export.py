@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_YAML
+from support import TINY_YAML
 
 from trainframe.cli import main
 from trainframe.commands import load_run_model

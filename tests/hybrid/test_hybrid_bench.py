@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import run_cli
+from support import run_cli
 
 
 def test_bench_predictive_tiny(tiny_config, tmp_path):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import SHAKESPEARE, run_cli
+from support import SHAKESPEARE, run_cli
 from trainframe_hybrid.controller import HybridConfig, Machine
 from trainframe_hybrid.corrector import ResidualCorrector
 from trainframe_hybrid.dynamics import Dynamics

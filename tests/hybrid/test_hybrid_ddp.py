@@ -7,7 +7,6 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_hybrid_controller import CONFIG
 
 from trainframe.config import load_config
 from trainframe.engine import distributed
@@ -51,6 +50,9 @@ def _rank_main(rank, config, run_dir, port, out):
 
 
 def test_ranks_agree_on_phases_and_weights(tmp_path):
+    # Imported here: the spawned ranks import this module, and must not need the test-suite's conftest.
+    from test_hybrid_controller import CONFIG
+
     config = tmp_path / "hybrid.yaml"
     config.write_text(CONFIG)
     run_dir, out = tmp_path / "run", tmp_path / "ranks.pt"

@@ -1,21 +1,12 @@
 """Fixtures for the workflow tokenizer tests: the shared corpus and one tokenizer per session."""
 
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
-
 from trainframe_workflows.schema_tokenizer import SchemaTokenizer
 from trainframe_workflows.schema_tokenizer.yaml_loader import load_document
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "workflows"
-CORPUS = DATA / "workflows.jsonl"
-
-
-def need_data():
-    if not CORPUS.is_file():
-        pytest.skip("shared workflow data not present")
+from wfdata import CORPUS
 
 
 @pytest.fixture(scope="session")

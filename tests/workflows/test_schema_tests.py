@@ -1,11 +1,13 @@
 """SchemaStore's own test documents and actionlint's test workflows as bad-input cases."""
 
 import pytest
-
-from trainframe_workflows.schema_tokenizer import DocumentParseError, SchemaEncodeError, SchemaTokenizer
 from trainframe_workflows.cli import same_json
-
-from conftest import DATA, need_data
+from trainframe_workflows.schema_tokenizer import (
+    DocumentParseError,
+    SchemaEncodeError,
+    SchemaTokenizer,
+)
+from wfdata import DATA, need_data
 
 
 def _files(sub):

@@ -1,0 +1,39 @@
+"""Paths and helpers the tests import by name (conftest.py holds only fixtures: with a conftest in
+tests/workflows too, importing from "conftest" would depend on which one pytest loaded first)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SHAKESPEARE = SHARED / "text" / "tinyshakespeare.txt"
+
+
+def run_cli(*args, cwd=REPO, env=None, timeout=300):
+    """Run ``python -m trainframe ARGS`` and return the CompletedProcess (text mode)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "trainframe", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+TINY_YAML = f"""
+name: tiny-test
+seed: 7
+model: {{name: gpt, preset: tiny, d_model: 32, n_layer: 2, n_head: 2, context: 32}}
+tokenizer: {{name: bytes}}
+data: {{name: textfile, path: {SHAKESPEARE}, val_fraction: 0.1}}
+optim: {{name: adamw, lr: 3.0e-3}}
+schedule: {{name: cosine, warmup_steps: 5}}
+loggers: [{{name: jsonl}}]
+trainer:
+  max_steps: 30
+  batch_size: 4
+  eval_every: 0
+  eval_batches: 2
+  log_every: 1
+  save_every: 10
+  sample_tokens: 0
+  device: cpu
+"""
