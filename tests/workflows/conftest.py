@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 from trainframe_workflows.schema_tokenizer import SchemaTokenizer
 from trainframe_workflows.schema_tokenizer.yaml_loader import load_document
-from wfdata import CORPUS
+from wfdata import CORPUS, need_data
 
 
 @pytest.fixture(scope="session")
