@@ -15,7 +15,7 @@ def run_cli(*args, cwd=REPO, env=None, timeout=300):
     """Run ``python -m trainframe ARGS`` and return the CompletedProcess (text mode)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "trainframe", *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 TINY_YAML = f"""
