@@ -13,40 +13,47 @@ TEXT_FIELDS = ("yaml", "json", "text")
 
 
 def iter_texts(path: str | Path) -> Iterator[tuple[str, str]]:
-    """(name, text) for every workflow under ``path``; bad input raises UserError."""
+    """(name, text) for every workflow under ``path``; the first unreadable one raises UserError."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file or directory; expected a .jsonl of workflows, a directory or a workflow file")
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
-        if not files:
-            raise UserError(f"{p}: no .yml, .yaml or .json files in this directory")
-        for f in files:
-            yield str(f.relative_to(p)), _read(f)
-        return
-    if p.suffix == ".jsonl":
-        with open(p, encoding="utf-8") as fh:
+    if p.is_dir() and not any(f.is_file() and f.suffix in SUFFIXES for f in p.rglob("*")):
+        raise UserError(f"{p}: no .yml, .yaml or .json files in this directory")
+    if p.is_file() and p.suffix not in (*SUFFIXES, ".jsonl"):
+        raise UserError(f"{p}: expected a .jsonl of workflows, a directory, or a .yml/.yaml/.json file")
+    for name, text, error in iter_workflows(p):
+        if error is not None:
+            raise UserError(f"{p}: {name}: {error}")
+        yield name, text
+
+
+def iter_workflows(path: Path) -> Iterator[tuple[str, str | None, str | None]]:
+    """(name, text, None) per workflow, or (name, None, reason) for input that cannot be read."""
+    if path.is_dir():
+        for f in sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SUFFIXES):
+            yield (str(f.relative_to(path)), *_read(f))
+    elif path.suffix == ".jsonl":
+        with open(path, encoding="utf-8", errors="replace") as fh:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except ValueError:
-                    raise UserError(f"{p}:{n}: not JSON; expected one object per line with a 'yaml' field") from None
+                    yield f"line {n}", None, "not JSON; expected one object per line with a 'yaml' field"
+                    continue
                 text = next((row[k] for k in TEXT_FIELDS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
                 if text is None:
-                    raise UserError(f"{p}:{n}: expected an object with a 'yaml' (or 'json', 'text') string field")
+                    yield f"line {n}", None, "no 'yaml' (or 'json', 'text') string field"
+                    continue
                 name = row.get("path") or f"line {n}"
-                yield (f"{row['repo']}/{name}" if row.get("repo") else name), text
-        return
-    if p.suffix in SUFFIXES:
-        yield p.name, _read(p)
-        return
-    raise UserError(f"{p}: expected a .jsonl of workflows, a directory, or a .yml/.yaml/.json file")
+                yield (f"{row['repo']}/{name}" if row.get("repo") else name), text, None
+    else:
+        yield (path.name, *_read(path))
 
 
-def _read(f: Path) -> str:
+def _read(f: Path) -> tuple[str | None, str | None]:
     try:
-        return f.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{f}: not UTF-8 text") from None
+        return f.read_text(encoding="utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text (byte {e.start})"

@@ -9,7 +9,6 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +21,7 @@ from trainframe.data.datasets import cache_root
 from trainframe.data.shards import token_dtype
 from trainframe.errors import UserError
 
-from .corpus import SUFFIXES, TEXT_FIELDS
+from .corpus import SUFFIXES, iter_workflows
 from .schema_tokenizer.yaml_loader import load_document
 from .windowing import (
     PREFIX_MODES,
@@ -73,38 +72,6 @@ def repo_of(name: str) -> str:
     if "/.github/" in name:
         return name.split("/.github/")[0]
     return os.path.dirname(name) or name
-
-
-def iter_workflows(path: Path) -> Iterator[tuple[str, str | None, str | None]]:
-    """(name, text, None) per workflow, or (name, None, reason) for input that cannot be read."""
-    if path.is_dir():
-        for f in sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SUFFIXES):
-            name = str(f.relative_to(path))
-            try:
-                yield name, f.read_text(encoding="utf-8"), None
-            except UnicodeDecodeError as e:
-                yield name, None, f"not UTF-8 text (byte {e.start})"
-    elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    yield f"line {n}", None, "not JSON"
-                    continue
-                text = next((row[k] for k in TEXT_FIELDS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
-                if text is None:
-                    yield f"line {n}", None, "no 'yaml' (or 'json', 'text') string field"
-                    continue
-                name = row.get("path") or f"line {n}"
-                yield (f"{row['repo']}/{name}" if row.get("repo") else name), text, None
-    else:
-        try:
-            yield path.name, path.read_text(encoding="utf-8"), None
-        except UnicodeDecodeError as e:
-            yield path.name, None, f"not UTF-8 text (byte {e.start})"
 
 
 def corpus_files(path: Path) -> list[Path]:

@@ -52,7 +52,7 @@ def test_check_rejects_bad_input(tmp_path):
         _run(check_args, check_main, ["--data", str(notes)])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": 3}\n')
-    with pytest.raises(UserError, match=r"bad.jsonl:1: expected an object with a 'yaml'"):
+    with pytest.raises(UserError, match=r"bad.jsonl: line 1: no 'yaml' \(or 'json', 'text'\) string field"):
         _run(check_args, check_main, ["--data", str(bad)])
     other = tmp_path / "compose"
     other.mkdir()
