@@ -2,6 +2,7 @@
 tests/workflows too, importing from "conftest" would depend on which one pytest loaded first)."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,22 @@ trainer:
   sample_tokens: 0
   device: cpu
 """
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_two_ranks(rank: int, port: int):
+    """In a process of ``mp.spawn(nprocs=2)``: the environment torchrun would set, then the gloo
+    process group; returns trainframe's world description."""
+    import torch
+
+    from trainframe.engine import distributed
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    return distributed.init("cpu")

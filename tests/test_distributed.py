@@ -2,13 +2,12 @@
 WORLD_SIZE, LOCAL_RANK in the environment) against one process at the same global batch."""
 
 import json
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from support import free_port, join_two_ranks
 
 from trainframe.config import load_config
 from trainframe.engine import distributed
@@ -17,12 +16,6 @@ from trainframe.errors import UserError
 from trainframe.plugins import load_plugins
 
 COMMON = ["trainer.log_every=1", "trainer.save_every=2", "trainer.eval_batches=1", "trainer.max_steps=4"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _flat_params(trainer) -> torch.Tensor:
@@ -37,11 +30,8 @@ def _full_weights(trainer) -> torch.Tensor:
 
 
 def _rank_main(rank, config, run_dir, port, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    world = join_two_ranks(rank, port)
     plugins = load_plugins()
-    world = distributed.init("cpu")
     per_rank = ["trainer.batch_size=2", "trainer.grad_accum=2"]  # no_sync on the first micro-batch
     trainer = build_trainer(load_config(config, [*COMMON, *per_rank], plugins.registry), plugins, run_dir, world)
     trainer.fit()
@@ -68,7 +58,7 @@ def _rank_main(rank, config, run_dir, port, out):
 
 def test_two_ranks_ddp_and_fsdp2_match_one_process_at_the_same_global_batch(tiny_config, tmp_path):
     run_dir, out = tmp_path / "ddp", tmp_path / "ranks.pt"
-    mp.spawn(_rank_main, args=(str(tiny_config), str(run_dir), _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(str(tiny_config), str(run_dir), free_port(), str(out)), nprocs=2, join=True)
     result = torch.load(out)
     # Identical weights on both ranks, before and after a resume.
     assert torch.equal(*result["replicas"])

@@ -1,23 +1,16 @@
 """Under data parallelism every rank takes the same phase decisions and applies the same deltas."""
 
 import json
-import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from support import free_port, join_two_ranks
 
 from trainframe.config import load_config
 from trainframe.engine import distributed
 from trainframe.engine.build import build_trainer
 from trainframe.plugins import load_plugins
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _leaves(obj, path=""):
@@ -30,11 +23,8 @@ def _leaves(obj, path=""):
 
 
 def _rank_main(rank, config, run_dir, port, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    world = join_two_ranks(rank, port)
     plugins = load_plugins()
-    world = distributed.init("cpu")
     trainer = build_trainer(load_config(config, ["trainer.max_steps=20"], plugins.registry), plugins, run_dir, world)
     trainer.fit()
     params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
@@ -56,7 +46,7 @@ def test_ranks_agree_on_phases_and_weights(tmp_path):
     config = tmp_path / "hybrid.yaml"
     config.write_text(CONFIG)
     run_dir, out = tmp_path / "run", tmp_path / "ranks.pt"
-    mp.spawn(_rank_main, args=(str(config), str(run_dir), _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(str(config), str(run_dir), free_port(), str(out)), nprocs=2, join=True)
     result = torch.load(out)
     assert torch.equal(*result["replicas"])  # identical weights after predicted and corrected steps
     # identical controller state: phase machine, directions, corrector and dynamics model
