@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from trainframe.config import ComponentConfig
 from trainframe.errors import UserError
 
-from .schema_tokenizer.yaml_loader import load_document
+from .schema_tokenizer.tokenizer import WorkflowText
 
 MODULE = "tct_github_workflow"
 INSTALL_HINT = (
@@ -34,8 +34,9 @@ def import_wheel(module: str = MODULE):
         raise UserError(INSTALL_HINT) from None
 
 
-class TctTokenizer:
-    """The wheel's functions as a tokenizer object. YAML input is converted to JSON first."""
+class TctTokenizer(WorkflowText):
+    """The wheel's functions as a tokenizer object. YAML input is converted to JSON first
+    (the wheel reads JSON only; GitHub-style YAML reading keeps the key "on" a string)."""
 
     def __init__(self, module=None) -> None:
         self.m = module if module is not None else import_wheel()
@@ -55,13 +56,6 @@ class TctTokenizer:
     def fingerprint(self) -> str:
         return f"tct-{getattr(self.m, '__version__', 'unknown')}-{self._size}"
 
-    def parse(self, text: str) -> Any:
-        return load_document(text)
-
-    def encode(self, text: str) -> list[int]:
-        # The wheel reads JSON only; GitHub-style YAML reading keeps the key "on" a string.
-        return self.encode_value(load_document(text))
-
     def encode_value(self, value: Any) -> list[int]:
         return list(self.m.encode(json.dumps(value, ensure_ascii=False)))
 
@@ -72,12 +66,6 @@ class TctTokenizer:
     def decode_value(self, tokens: Sequence[int]) -> tuple[Any, int]:
         json_str, consumed, _ = self.decode(tokens)
         return json.loads(json_str), consumed
-
-    def decode_file(self, tokens: Sequence[int]) -> tuple[str, str]:
-        """(YAML text, ".yml") of the first complete document: what ``trainframe generate`` writes."""
-        from .generation import workflow_yaml
-
-        return workflow_yaml(self.decode_value(tokens)[0]), ".yml"
 
     def decode_prefix(self, tokens: Sequence[int]) -> tuple[Any, bool]:
         if hasattr(self.m, "decode_prefix"):

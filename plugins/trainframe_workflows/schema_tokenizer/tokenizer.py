@@ -54,7 +54,26 @@ def default_vocab_path(name: str) -> Path:
     return _DATA / f"{name}.tokenizer.json"
 
 
-class SchemaTokenizer:
+class WorkflowText:
+    """The text side of a workflow tokenizer, on top of its ``encode_value``/``decode_value``;
+    shared with the tct adapter so both read and write workflow files the same way."""
+
+    def parse(self, text: str) -> Any:
+        """Workflow text (YAML or JSON) to JSON data, with GitHub's reading of YAML."""
+        return load_document(text)
+
+    def encode(self, text: str) -> list[int]:
+        """YAML or JSON text -> token ids. Raises SchemaEncodeError if the schema rejects it."""
+        return self.encode_value(load_document(text))
+
+    def decode_file(self, tokens: Sequence[int]) -> tuple[str, str]:
+        """(YAML text, ".yml") of the first complete document: what ``trainframe generate`` writes."""
+        from ..generation import workflow_yaml
+
+        return workflow_yaml(self.decode_value(tokens)[0]), ".yml"
+
+
+class SchemaTokenizer(WorkflowText):
     """Schema-aware tokenizer.
 
     ``schema``: a built-in name (``github-workflow``), a path to a JSON Schema, or a dict.
@@ -98,14 +117,6 @@ class SchemaTokenizer:
         """Identifies schema and vocabulary: tokens cached under another fingerprint are stale."""
         return f"schema-{self.schema_name}-{self.schema_fingerprint}-{self.vocab.fingerprint()}"
 
-    def parse(self, text: str) -> Any:
-        """Workflow text (YAML or JSON) to JSON data, with GitHub's reading of YAML."""
-        return load_document(text)
-
-    def encode(self, text: str) -> list[int]:
-        """YAML or JSON text -> token ids. Raises SchemaEncodeError if the schema rejects it."""
-        return self.encode_value(load_document(text))
-
     def encode_value(self, value: Any) -> list[int]:
         """JSON data -> token ids."""
         try:
@@ -115,7 +126,7 @@ class SchemaTokenizer:
 
     def decode_value(self, tokens: Sequence[int]) -> tuple[Any, int]:
         """(document, tokens consumed). Raises SchemaDecodeError with the token position."""
-        d = StreamDecoder(self.root, self.tables)
+        d = self.stream()
         for t in tokens:
             d.feed(t)
             if d.done:
@@ -127,15 +138,9 @@ class SchemaTokenizer:
         value, consumed = self.decode_value(tokens)
         return json.dumps(value, ensure_ascii=False), consumed, len(tokens)
 
-    def decode_file(self, tokens: Sequence[int]) -> tuple[str, str]:
-        """(YAML text, ".yml") of the first complete document: what ``trainframe generate`` writes."""
-        from ..generation import workflow_yaml
-
-        return workflow_yaml(self.decode_value(tokens)[0]), ".yml"
-
     def decode_prefix(self, tokens: Sequence[int]) -> tuple[Any, bool]:
         """(partial document, complete). Raises SchemaDecodeError on a token that cannot occur."""
-        d = StreamDecoder(self.root, self.tables)
+        d = self.stream()
         for t in tokens:
             if d.done:
                 break
