@@ -226,7 +226,6 @@ class HybridController(PhaseController):
         start = time.perf_counter()
         if not self.ready:
             self._setup(trainer)
-        self.apply_weight_delta = trainer.apply_weight_delta
         metrics = self._observe(outcome, trainer)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize(trainer.device)  # so overhead_s measures the work, not its launch
@@ -246,6 +245,7 @@ class HybridController(PhaseController):
         self.group_names = list(dict.fromkeys(keys))
         self.group_of = [self.group_names.index(k) for k in keys]
         self.device = self.params[0].device
+        self.apply_weight_delta = trainer.apply_weight_delta
         self.group_index = torch.tensor(self.group_of, device=self.device)
         self.max_steps = trainer.max_steps
         n_groups = len(self.group_names)
@@ -345,18 +345,14 @@ class HybridController(PhaseController):
         cfg = self.cfg
         update = torch._foreach_sub([p.detach().float() for p in self.params], self.prev)
         n_groups = len(self.group_names)
-        sq = torch.zeros(n_groups, device=self.device)
-        dot = torch.zeros(n_groups, device=self.device)
-        dir_sq = torch.zeros(n_groups, device=self.device)
-        moved_dot = torch.zeros(n_groups, device=self.device)
-        moved_sq = torch.zeros(n_groups, device=self.device)
-        index = self.group_index
-        sq.index_add_(0, index, torch.stack(torch._foreach_norm(update)).pow(2))
-        dir_sq.index_add_(0, index, torch.stack(torch._foreach_norm(self.direction)).pow(2))
-        dot.index_add_(0, index, torch.stack([(u * d).sum() for u, d in zip(update, self.direction)]))
+        sq = self._group_sum(torch._foreach_norm(update), square=True)
+        dir_sq = self._group_sum(torch._foreach_norm(self.direction), square=True)
+        dot = self._group_sum([(u * d).sum() for u, d in zip(update, self.direction)])
         if self.pending_residual is not None:
-            moved_sq.index_add_(0, index, torch.stack(torch._foreach_norm(self.moved)).pow(2))
-            moved_dot.index_add_(0, index, torch.stack([(u * m).sum() for u, m in zip(update, self.moved)]))
+            moved_sq = self._group_sum(torch._foreach_norm(self.moved), square=True)
+            moved_dot = self._group_sum([(u * m).sum() for u, m in zip(update, self.moved)])
+        else:
+            moved_sq = moved_dot = torch.zeros(n_groups, device=self.device)
         moments = self._moment_summary(trainer.optimizer)
         values = torch.cat([sq.sqrt(), dot / dir_sq.clamp(min=1e-30), moved_dot / moved_sq.clamp(min=1e-30),
                             moments]).tolist()  # one host sync
@@ -429,10 +425,11 @@ class HybridController(PhaseController):
         if math.isfinite(log_loss):
             self.smooth = log_loss if self.smooth is None else 0.9 * self.smooth + 0.1 * log_loss
         base = self.smooth if self.smooth is not None else 0.0
-        noise = _std([v - _slope(self.log_losses) * i for i, v in enumerate(self.log_losses)]) or 0.05
+        trend = _slope(self.log_losses)
+        noise = _std([v - trend * i for i, v in enumerate(self.log_losses)]) or 0.05
         if self.dynamics is None:
             # Baselines: the recent trend continues; confidence is not gated.
-            self.predicted = base + _slope(self.log_losses)
+            self.predicted = base + trend
             self.sigma, self.confidence = noise, 1.0
             return
         dyn = self.dynamics
@@ -458,7 +455,6 @@ class HybridController(PhaseController):
         else:
             accuracy = 0.0
         gn = self.log_grad_norms
-        trend = _slope(self.log_losses)
         stability = 1 / (1 + _std(gn) ** 2) * (1.0 if trend <= 0 else math.exp(-trend * len(self.log_losses) / noise))
         self.confidence = (agreement * accuracy * stability) ** (1 / 3)
 
@@ -545,11 +541,14 @@ class HybridController(PhaseController):
         self.cycle = None
         self.probes = []
 
+    def _group_sum(self, values: list[torch.Tensor], square: bool = False) -> torch.Tensor:
+        """Per-parameter scalars summed per group (squared first if ``square``), on the device."""
+        v = torch.stack(values)
+        sums = torch.zeros(len(self.group_names), device=self.device)
+        return sums.index_add_(0, self.group_index, v.pow(2) if square else v)
+
     def _group_norms(self, deltas: list[torch.Tensor]) -> list[float]:
-        sq = torch.zeros(len(self.group_names), device=self.device)
-        sq.index_add_(0, self.group_index,
-                      torch.stack(torch._foreach_norm(deltas)).pow(2))
-        return sq.sqrt().tolist()
+        return self._group_sum(torch._foreach_norm(deltas), square=True).sqrt().tolist()
 
     # ------------------------------------------------------------------------ checkpoint
     SCALARS = ("log_losses", "log_grad_norms", "abs_errors", "smooth", "predicted", "sigma", "confidence",

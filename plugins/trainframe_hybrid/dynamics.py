@@ -127,6 +127,7 @@ class Dynamics:
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.bptt, self.kl_weight, self.device = bptt, kl_weight, device
         self.state = self.model.initial_state(device)
+        self.actions = (self.action(False, device), self.action(True, device))  # read-only, shared by the window
         # The training window: per transition the filter state before it, its inputs and targets.
         self.window: list[dict] = []
         self.last_prediction: torch.Tensor | None = None  # (M, 1 + groups) for the step just observed
@@ -143,8 +144,8 @@ class Dynamics:
     def observe(self, features: torch.Tensor, predicted: bool) -> torch.Tensor:
         """Advance the filter on this step's features; returns the ensemble's predictions for the
         next step, (members, 1 + groups): [next log-loss offset, coefficient per group]."""
-        before = (self.state[0].clone(), self.state[1].clone())
-        action = self.action(predicted, self.device)
+        before = self.state  # step() builds a new state and never writes into the old one
+        action = self.actions[int(predicted)]
         out, self.state, _ = self.model.step(features.view(1, 1, -1), action, self.state, self.generator)
         self.window.append({"state": before, "features": features, "action": action})
         del self.window[:-self.bptt - 1]
