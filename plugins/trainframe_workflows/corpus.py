@@ -12,15 +12,26 @@ SUFFIXES = (".yml", ".yaml", ".json")
 TEXT_FIELDS = ("yaml", "json", "text")
 
 
+def corpus_files(path: Path, where: str = "") -> list[Path]:
+    """The workflow files of a collection (``[path]`` for a single file); a bad path raises UserError
+    led by ``where`` (e.g. ``"data.path: "``)."""
+    if not path.exists():
+        raise UserError(f"{where}{path}: no such file or directory; expected a .jsonl of workflows, "
+                        "a directory or a workflow file")
+    if path.is_dir():
+        files = _dir_files(path)
+        if not files:
+            raise UserError(f"{where}{path}: no .yml, .yaml or .json files in this directory")
+        return files
+    if path.suffix not in (*SUFFIXES, ".jsonl"):
+        raise UserError(f"{where}{path}: expected a .jsonl of workflows, a directory, or a .yml/.yaml/.json file")
+    return [path]
+
+
 def iter_texts(path: str | Path) -> Iterator[tuple[str, str]]:
     """(name, text) for every workflow under ``path``; the first unreadable one raises UserError."""
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p}: no such file or directory; expected a .jsonl of workflows, a directory or a workflow file")
-    if p.is_dir() and not any(f.is_file() and f.suffix in SUFFIXES for f in p.rglob("*")):
-        raise UserError(f"{p}: no .yml, .yaml or .json files in this directory")
-    if p.is_file() and p.suffix not in (*SUFFIXES, ".jsonl"):
-        raise UserError(f"{p}: expected a .jsonl of workflows, a directory, or a .yml/.yaml/.json file")
+    corpus_files(p)
     for name, text, error in iter_workflows(p):
         if error is not None:
             raise UserError(f"{p}: {name}: {error}")
@@ -30,7 +41,7 @@ def iter_texts(path: str | Path) -> Iterator[tuple[str, str]]:
 def iter_workflows(path: Path) -> Iterator[tuple[str, str | None, str | None]]:
     """(name, text, None) per workflow, or (name, None, reason) for input that cannot be read."""
     if path.is_dir():
-        for f in sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SUFFIXES):
+        for f in _dir_files(path):
             yield (str(f.relative_to(path)), *_read(f))
     elif path.suffix == ".jsonl":
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -57,3 +68,7 @@ def _read(f: Path) -> tuple[str | None, str | None]:
         return f.read_text(encoding="utf-8"), None
     except UnicodeDecodeError as e:
         return None, f"not UTF-8 text (byte {e.start})"
+
+
+def _dir_files(path: Path) -> list[Path]:
+    return sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SUFFIXES)

@@ -21,7 +21,7 @@ from trainframe.data.datasets import cache_root
 from trainframe.data.shards import token_dtype
 from trainframe.errors import UserError
 
-from .corpus import SUFFIXES, iter_workflows
+from .corpus import corpus_files, iter_workflows
 from .schema_tokenizer.yaml_loader import load_document
 from .windowing import (
     PREFIX_MODES,
@@ -72,20 +72,6 @@ def repo_of(name: str) -> str:
     if "/.github/" in name:
         return name.split("/.github/")[0]
     return os.path.dirname(name) or name
-
-
-def corpus_files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise UserError(f"data.path: {path}: no such file or directory; expected a .jsonl of workflows, "
-                        "a directory or a workflow file")
-    if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
-        if not files:
-            raise UserError(f"data.path: {path}: no .yml, .yaml or .json files in this directory")
-        return files
-    if path.suffix not in (*SUFFIXES, ".jsonl"):
-        raise UserError(f"data.path: {path}: expected a .jsonl of workflows, a directory, or a .yml/.yaml/.json file")
-    return [path]
 
 
 def cache_key(path: Path, files: list[Path], fingerprint: str) -> str:
@@ -148,7 +134,7 @@ def open_corpus(cfg: WorkflowsConfig, tokenizer) -> tuple[np.ndarray, dict, Path
         raise UserError("data 'workflows': needs a workflow tokenizer (tokenizer.name: schema or tct), "
                         f"got {type(tokenizer).__name__}")
     path = Path(cfg.path).expanduser()
-    files = corpus_files(path)
+    files = corpus_files(path, "data.path: ")
     out = cache_root(cfg.cache_dir) / "workflows" / cache_key(path, files, tokenizer.fingerprint())
     reused = (out / "docs.json").exists()
     if not reused:
