@@ -72,10 +72,7 @@ class Registry:
             raise ValueError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
         if not (isinstance(config, type) and issubclass(config, ComponentConfig)):
             raise TypeError(f"{kind} {name!r}: config must subclass trainframe.config.ComponentConfig")
-        if name in self.components[kind]:
-            other = self.components[kind][name].plugin
-            raise ValueError(f"{kind} {name!r} is registered twice (by {other} and {self.current_plugin})")
-        self.components[kind][name] = Component(kind, name, factory, config, self.current_plugin, help)
+        self._put(Component(kind, name, factory, config, self.current_plugin, help), kind)
 
     def add_command(
         self,
@@ -98,11 +95,15 @@ class Registry:
         """Make ``trainframe tokenizer train --kind NAME`` train this kind of tokenizer. A run config
         whose ``tokenizer.name`` is NAME picks it without ``--kind``. ``add_arguments`` adds the
         kind's own options (they share one parser with every other kind's, so names must not clash)."""
-        if name in self.components["tokenizer_trainer"]:
-            other = self.components["tokenizer_trainer"][name].plugin
-            raise ValueError(f"tokenizer trainer {name!r} is registered twice (by {other} and {self.current_plugin})")
-        self.components["tokenizer_trainer"][name] = Component(
-            "tokenizer_trainer", name, run, ComponentConfig, self.current_plugin, help, add_arguments)
+        self._put(Component("tokenizer_trainer", name, run, ComponentConfig, self.current_plugin, help, add_arguments),
+                  "tokenizer trainer")
+
+    def _put(self, c: Component, what: str) -> None:
+        table = self.components[c.kind]
+        if c.name in table:
+            other = table[c.name].plugin
+            raise ValueError(f"{what} {c.name!r} is registered twice (by {other} and {self.current_plugin})")
+        table[c.name] = c
 
     def get(self, kind: str, name: str) -> Component:
         table = self.components[kind]
