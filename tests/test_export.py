@@ -77,7 +77,7 @@ def test_full_precision_model_has_no_packed_file(tmp_path):
     export_run(run, "latest", out, dtype="bfloat16")
     assert not (out / "model.ternary.safetensors").exists()
     _, _, model = load_export(out)
-    assert model.blocks[0].attn.q.weight.dtype == torch.float32
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.float32
     assert main(["eval", str(out), "--packed"]) == 2
 
 

@@ -116,7 +116,7 @@ def test_optimizer_grouping_assumptions():
 
 def test_layer_names_are_stable():
     names = {n for n, _ in tiny(mlp="gated_relu2").named_parameters()}
-    for suffix in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.gate", "mlp.down"):
+    for suffix in ("attn.qkv", "attn.o", "mlp.up", "mlp.gate", "mlp.down"):
         assert f"blocks.1.{suffix}.weight" in names
     assert {"wte.weight", "lm_head.weight"} <= names
     assert "norm_f" in dict(tiny().named_modules())
@@ -324,3 +324,20 @@ def test_eager_attention_matches_sdpa():
     torch.testing.assert_close(eager(idx), sdpa(idx), rtol=1e-4, atol=1e-5)
     prompt = idx[:, :4]
     assert torch.equal(eager.generate(prompt, 8, temperature=0), sdpa.generate(prompt, 8, temperature=0))
+
+
+def test_state_dict_with_separate_qkv_loads_into_fused_projection():
+    # Checkpoints written before q, k and v were one matrix keep loading (GQA: k and v are narrower).
+    src = tiny(n_head=4, n_kv_head=2)
+    old = {}
+    for name, tensor in src.state_dict().items():
+        if name.endswith("attn.qkv.weight"):
+            q, k, v = tensor.split(src.blocks[0].attn.qkv_sizes)
+            base = name[: -len("qkv.weight")]
+            old.update({f"{base}q.weight": q, f"{base}k.weight": k, f"{base}v.weight": v})
+        else:
+            old[name] = tensor
+    dst = tiny(n_head=4, n_kv_head=2)
+    dst.load_state_dict(old)
+    idx = torch.randint(0, VOCAB, (2, 9))
+    assert torch.equal(src(idx), dst(idx))

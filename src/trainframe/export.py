@@ -145,7 +145,7 @@ def _readme(manifest: dict, run_name: str) -> str:
             lines.append(f"| {key} | {m[key]} |")
     if m.get("bitlinear"):
         group = m.get("bitlinear_group_size")
-        lines.append(f"| BitLinear | ternary block linears, scale per {f'{group} inputs' if group else 'matrix'} |")
+        lines.append(f"| BitLinear | ternary block linears, scale per {f'{group} inputs' if group else 'output row'} |")
     lines.append(f"| tokenizer | {manifest['tokenizer']['name']} |")
     if manifest["checkpoint"].get("best_val_loss") is not None:
         lines.append(f"| best val loss in the run | {manifest['checkpoint']['best_val_loss']:.4f} |")

@@ -4,7 +4,7 @@ Forward (Ma et al. 2024, "The Era of 1-bit LLMs", and its training-tips note):
 
     x  = rmsnorm(x)                                   parameter-free, as in the reference BitLinear
     sx = 127 / max|x| per token;   x_q = clamp(round(x * sx), -128, 127) / sx
-    g  = mean|W| per group of ``group_size`` input features (or per tensor)
+    g  = mean|W| per output row and group of ``group_size`` input features (or the whole row)
     W_q = clamp(round(W / g), -1, 1) * g              each group takes exactly the values {-g, 0, +g}
     y  = x_q @ W_q^T
 
@@ -67,7 +67,7 @@ def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 class BitLinear(nn.Linear):
-    """Bias-free BitNet b1.58 linear. ``group_size`` None = one scale for the whole matrix."""
+    """Bias-free BitNet b1.58 linear. ``group_size`` None = one scale per output row (all its inputs)."""
 
     def __init__(self, in_features: int, out_features: int, group_size: int | None = 64):
         super().__init__(in_features, out_features, bias=False)

@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "tie_embeddings": False,
     "attention": "sdpa",
     "bitlinear": False,
-    "bitlinear_group_size": 64,  # BitLinear weight scale per 64 input features; null = per matrix
+    "bitlinear_group_size": 64,  # BitLinear weight scale per 64 input features; null = per output row
 }
 
 # The workflow model trains on a small corpus, so the whole family keeps the dropout the issue
