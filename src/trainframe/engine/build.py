@@ -65,7 +65,7 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, world: World | None = 
     dataset = _make(plugins, "dataset", cfg.data, cfg.components["data"], tokenizer=tokenizer, context=context,
                     seed=cfg.seed, rank=world.rank, world_size=world.size)
     # Before the optimizer: FSDP2 replaces the parameters with sharded ones.
-    wrapped = distributed.wrap(model, world, cfg.trainer.distributed, device)
+    wrapped = distributed.wrap(model, world, cfg.trainer, device)
     optimizer = _make(plugins, "optimizer", cfg.optim, cfg.components["optim"], model, device)
     schedule = _make(plugins, "schedule", cfg.schedule, cfg.components["schedule"], cfg.trainer.max_steps)
     controller = _make(plugins, "phases", cfg.phases, cfg.components["phases"])

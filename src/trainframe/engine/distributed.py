@@ -58,17 +58,23 @@ def device_for(world: World, spec: str) -> str:
     return spec
 
 
-def wrap(model: torch.nn.Module, world: World, strategy: str, device: torch.device) -> torch.nn.Module:
-    """The module the forward pass goes through: DDP, or FSDP2 (each block, then the root)."""
+def wrap(model: torch.nn.Module, world: World, trainer, device: torch.device) -> torch.nn.Module:
+    """The module the forward pass goes through: DDP, or FSDP2 (each block, then the root).
+    ``trainer`` is the run's TrainerConfig (distributed, grad_reduce, ddp_bucket_mb)."""
     if not world.distributed:
         return model
-    if strategy == "fsdp2":
-        from torch.distributed.fsdp import fully_shard
+    bf16_reduce = trainer.grad_reduce == "bf16"
+    if bf16_reduce and device.type != "cuda":
+        raise UserError(f"trainer.grad_reduce=bf16 needs CUDA devices (NCCL); this run is on {device.type}: use fp32")
+    if trainer.distributed == "fsdp2":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        # Parameters stay float32 (autocast does the casting); only the reduce-scatter dtype changes.
+        policy = MixedPrecisionPolicy(reduce_dtype=torch.bfloat16 if bf16_reduce else None)
         blocks = getattr(model, "blocks", None)
         for block in blocks if blocks is not None else []:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -77,7 +83,13 @@ def wrap(model: torch.nn.Module, world: World, strategy: str, device: torch.devi
     # (newer torch renames the switch: forward_sync_buffers)
     renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
     no_buffer_sync = {"forward_sync_buffers" if renamed else "broadcast_buffers": False}
-    return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, **no_buffer_sync)
+    ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True,
+                                  bucket_cap_mb=trainer.ddp_bucket_mb, **no_buffer_sync)
+    if bf16_reduce:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+
+        ddp.register_comm_hook(None, bf16_compress_hook)
+    return ddp
 
 
 def mean(tensor: torch.Tensor, world: World) -> torch.Tensor:
