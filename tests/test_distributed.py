@@ -2,7 +2,9 @@
 WORLD_SIZE, LOCAL_RANK in the environment) against one process at the same global batch."""
 
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -10,6 +12,7 @@ import torch.multiprocessing as mp
 from support import free_port, join_two_ranks
 
 from trainframe.config import load_config
+from trainframe.engine import checkpoint as ckpt
 from trainframe.engine import distributed
 from trainframe.engine.build import build_trainer
 from trainframe.errors import UserError
@@ -82,6 +85,66 @@ def test_two_ranks_ddp_and_fsdp2_match_one_process_at_the_same_global_batch(tiny
     # A checkpoint of two processes does not resume in one.
     with pytest.raises(UserError, match="same number"):
         build_trainer(load_config(tiny_config, COMMON, plugins.registry), plugins, run_dir).resume()
+
+
+def _draws() -> list[float]:
+    return [*torch.rand(3).tolist(), random.random(), float(np.random.rand())]
+
+
+def _rng_rank_main(rank, config, run_dir, port, out, resume):
+    world = join_two_ranks(rank, port)
+    plugins = load_plugins()
+    # Dropout draws from the torch RNG during training, so the saved streams are mid-run ones.
+    cfg = load_config(config, ["trainer.log_every=1", "trainer.save_every=0", "trainer.max_steps=2",
+                               "trainer.batch_size=2", "trainer.eval_every=0", "model.dropout=0.1"],
+                      plugins.registry)
+    trainer = build_trainer(cfg, plugins, run_dir, world)
+    result = {}
+    if resume:
+        trainer.resume()
+        result["resumed"] = _draws()
+        # A checkpoint written before per-rank states (no rng_ranks): every rank takes "rng".
+        old = ckpt.load(ckpt.step_path(f"{run_dir}/checkpoints", 2))
+        del old["rng_ranks"]
+        trainer.load_state_dict(old)
+        result["old_format"] = _draws()
+    else:
+        # Seeds of their own per rank, so the ranks' streams differ from the start.
+        torch.manual_seed(100 + rank), random.seed(100 + rank), np.random.seed(100 + rank)
+        trainer.fit()  # ends with the step-2 checkpoint; nothing draws after it
+        result["after_save"] = _draws()
+    torch.save(result, f"{out}.{int(resume)}.{rank}")
+    distributed.shutdown(world)
+
+
+def test_each_rank_resumes_its_own_rng_state(tiny_config, tmp_path):
+    run_dir, out = tmp_path / "rng", tmp_path / "draws"
+    for resume in (False, True):  # the resume in fresh processes
+        mp.spawn(_rng_rank_main, args=(str(tiny_config), str(run_dir), free_port(), str(out), resume),
+                 nprocs=2, join=True)
+    ranks = [{**torch.load(f"{out}.0.{r}"), **torch.load(f"{out}.1.{r}")} for r in range(2)]
+    for r in ranks:
+        assert r["resumed"] == r["after_save"]
+    assert ranks[0]["after_save"] != ranks[1]["after_save"]
+    assert ranks[0]["old_format"] == ranks[1]["old_format"] == ranks[0]["after_save"]
+
+    state = ckpt.load(run_dir / "checkpoints" / "step_00000002.pt")  # weights_only
+    assert isinstance(state["rng_ranks"], list) and len(state["rng_ranks"]) == 2
+    assert torch.equal(state["rng"]["torch"], state["rng_ranks"][0]["torch"])
+
+
+def test_single_process_checkpoint_keeps_one_rng_dict(tiny_config, tmp_path):
+    plugins = load_plugins()
+    trainer = build_trainer(load_config(tiny_config, ["trainer.max_steps=1"], plugins.registry), plugins,
+                            tmp_path / "one")
+    trainer.fit()
+    state = ckpt.load(ckpt.step_path(tmp_path / "one" / "checkpoints", 1))
+    assert isinstance(state["rng"], dict) and set(state["rng"]) >= {"python", "numpy", "torch"}
+    assert "rng_ranks" not in state
+    trainer.load_state_dict(state)
+    resumed = _draws()
+    ckpt.set_rng_state(state["rng"])
+    assert _draws() == resumed
 
 
 def test_nproc_is_checked(tiny_config, tmp_path, capsys):

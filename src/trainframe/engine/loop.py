@@ -440,6 +440,12 @@ class Trainer:
             optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=full)
         else:
             model_state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
+        rng = ckpt.rng_state()
+        extra = {}
+        if self.world.distributed:  # each rank's own streams (dropout masks differ per rank), to rank 0
+            rng_ranks = [None] * self.world.size if self.world.is_main else None
+            torch.distributed.gather_object(rng, rng_ranks, dst=0)
+            extra = {"rng_ranks": rng_ranks} if self.world.is_main else {}
         return {
             "model": model_state,
             "optimizer": optim_state,
@@ -448,7 +454,8 @@ class Trainer:
                      "backward_passes": self.backward_passes, "max_steps": self.max_steps,
                      "phase": self.phase.value if self.phase else None, "world_size": self.world.size},
             "data": self._batches.state_dict() if self._batches is not None else self.dataset.state_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": rng,  # rank 0's: the single-process format, and what checkpoints without rng_ranks hold
+            **extra,
             "controller": self.controller.state_dict(),
             "config": self.config.to_yaml(),
         }
@@ -492,7 +499,10 @@ class Trainer:
         self.phase = Phase(loop["phase"]) if loop["phase"] else None
         self.dataset.load_state_dict(state["data"])
         self.controller.load_state_dict(state["controller"])
-        ckpt.set_rng_state(state["rng"])
+        # Rank r gets rank r's states back. Its CUDA entry holds every visible device's state as rank r
+        # saw it, so its own device (the only one it draws from) gets its own stream.
+        rng_ranks = state.get("rng_ranks")
+        ckpt.set_rng_state(rng_ranks[self.world.rank] if rng_ranks else state["rng"])
         self.hook.trainframe_load_checkpoint(trainer=self, state=state)
 
     def resume(self) -> tuple[Path, int]:
