@@ -16,9 +16,6 @@ import time
 
 import torch
 
-sys.path.insert(0, os.environ.get("REF_DIR", "../shared/bench"))
-import ref_gpt
-
 from trainframe.bench import run_bench
 from trainframe.plugins import load_plugins
 
@@ -84,6 +81,9 @@ if TABLE_ONLY:
         results = [json.loads(line) for line in f]
     SHAPES = [s for s in SHAPES if any(r["shape"] == s[0] for r in results)] or SHAPES
 else:
+    sys.path.insert(0, os.environ.get("REF_DIR", "../shared/bench"))
+    import ref_gpt  # only to run: the tables need just results.jsonl
+
     print(torch.__version__, torch.cuda.get_device_name() if CUDA else "cpu", flush=True)
 for shape in [] if TABLE_ONLY else RUN_ORDER:
     if CUDA:  # the reference loop is CUDA-only
