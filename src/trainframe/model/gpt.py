@@ -26,14 +26,13 @@ from torch import nn
 
 from trainframe.config import ComponentConfig
 from trainframe.model.bitlinear import bitlinear_factory
-from trainframe.model.losses import linear_cross_entropy
 from trainframe.model.presets import DEFAULTS, PRESETS
 
 LinearFactory = Callable[[int, int], nn.Module]
 
 # Fields where an explicit ``null`` means something (derive it / take the tokenizer's); for every
 # other field an explicit null just means "not given", so the preset or default applies.
-_NULL_MEANINGFUL = ("n_kv_head", "mlp_hidden", "vocab_size", "bitlinear_group_size", "loss_chunk_rows")
+_NULL_MEANINGFUL = ("n_kv_head", "mlp_hidden", "vocab_size", "bitlinear_group_size")
 _REQUIRED = ("d_model", "n_layer", "n_head", "context")
 
 
@@ -67,10 +66,6 @@ class ModelConfig(ComponentConfig):
     )
     bitlinear_group_size: int | None = Field(
         None, gt=0, description="input features per BitLinear weight scale; null = one scale per output row"
-    )
-    loss_chunk_rows: int | None = Field(
-        None, gt=0, description="training loss over this many tokens at a time, never holding the whole "
-        "(tokens, vocab) float32 logits (saves memory at large vocabularies); null = all at once"
     )
 
     @model_validator(mode="after")
@@ -405,8 +400,6 @@ class GPT(nn.Module):
         them; ``none`` gives (B, T) with 0 at ignored positions.
         """
         x = self._hidden(idx, kv_cache)
-        if targets is not None and self.config.loss_chunk_rows:
-            return linear_cross_entropy(x, self.lm_head.weight, targets, reduction, self.config.loss_chunk_rows)
         logits = self.lm_head(x).float()  # fp32 logits: softmax over 65k classes in bf16 is lossy
         if targets is None:
             return logits

@@ -21,7 +21,6 @@ DEFAULTS: dict[str, Any] = {
     "attention": "sdpa",
     "bitlinear": False,
     "bitlinear_group_size": 64,  # BitLinear weight scale per 64 input features; null = per output row
-    "loss_chunk_rows": None,  # None = the whole (tokens, vocab) logits at once
 }
 
 # The workflow model trains on a small corpus, so the whole family keeps the dropout the issue
