@@ -153,3 +153,12 @@ def test_nproc_is_checked(tiny_config, tmp_path, capsys):
     assert main(["train", str(tiny_config), "--nproc", "0", "--run-dir", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.strip() == "--nproc: expected a positive integer, got 0"
     assert not (tmp_path / "r").exists()
+
+
+def test_bf16_gradient_reduce_needs_cuda():
+    # The bf16 all-reduce hook exists for NCCL only: a CPU run gets one line, before any process group is used.
+    from trainframe.config import TrainerConfig
+
+    two = distributed.World(rank=0, local_rank=0, size=2)
+    with pytest.raises(UserError, match="grad_reduce=bf16 needs CUDA"):
+        distributed.wrap(torch.nn.Linear(2, 2), two, TrainerConfig(grad_reduce="bf16"), torch.device("cpu"))
