@@ -85,6 +85,11 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, world: World | None = 
             if problem:
                 raise UserError(f"{kind} '{raw['name']}' {problem}")
             listeners.append(listener)
+    if world.distributed:
+        # Weights are built alike on every rank; from here each rank draws its own stream (dropout masks).
+        random.seed(cfg.seed + world.rank)
+        np.random.seed(cfg.seed + world.rank)
+        torch.manual_seed(cfg.seed + world.rank)
     return Trainer(cfg, plugins, run_dir, model=model, tokenizer=tokenizer, dataset=dataset, optimizer=optimizer,
                    schedule=schedule, controller=controller, listeners=listeners, device=device,
                    world=world, wrapped_model=wrapped)
