@@ -34,11 +34,10 @@ def eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _dataset(cfg, data_cfg, tokenizer, context: int):
-    from trainframe.engine.build import _make
+    from trainframe.engine.build import build_dataset
     from trainframe.plugins import current
 
-    return _make(current(), "dataset", data_cfg.data, data_cfg.components["data"], tokenizer=tokenizer,
-                 context=context, seed=cfg.seed, rank=0, world_size=1)
+    return build_dataset(data_cfg, current(), tokenizer, context, seed=cfg.seed)
 
 
 def _batches(dataset, split: str, batch_size: int, count: int | None):
@@ -52,18 +51,18 @@ def evaluate(model, batches, device: torch.device, progress=None) -> tuple[float
     """(mean loss over counted target tokens, tokens, batches)."""
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
-    loss_sum, count, n = 0.0, 0, 0
+    loss_sum, count, n = torch.zeros((), device=device), 0, 0
     for x, y in batches:
+        k = int((y != -1).sum())  # counted on the CPU batch: no wait for the device per batch
         x, y = x.to(device), y.to(device)
         with autocast:
             loss = model(x, y)
-        k = int((y != -1).sum())
-        loss_sum += float(loss) * k
+        loss_sum += loss.float() * k
         count += k
         n += 1
         if progress:
             progress(n)
-    return (loss_sum / count if count else math.nan), count, n
+    return (float(loss_sum) / count if count else math.nan), count, n
 
 
 def _source(path: Path, which: str, packed: bool) -> str:

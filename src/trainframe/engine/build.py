@@ -47,6 +47,14 @@ def build_model(cfg: RunConfig, plugins, tokenizer):
     return _make(plugins, "model", cfg.model, cfg.components["model"], vocab_size=tokenizer.vocab_size())
 
 
+def build_dataset(cfg: RunConfig, plugins, tokenizer, context: int, *, seed: int | None = None,
+                  rank: int = 0, world_size: int = 1):
+    """The config's dataset; ``seed`` defaults to the config's (eval passes the run's seed with another
+    config's data section, so the validation split stays the run's)."""
+    return _make(plugins, "dataset", cfg.data, cfg.components["data"], tokenizer=tokenizer, context=context,
+                 seed=cfg.seed if seed is None else seed, rank=rank, world_size=world_size)
+
+
 def build_trainer(cfg: RunConfig, plugins, run_dir: Path, world: World | None = None) -> Trainer:
     """``world``: this process's place under torchrun (``distributed.init``); one process by default."""
     world = world or World()
@@ -62,8 +70,7 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, world: World | None = 
     tokenizer = build_tokenizer(cfg, plugins)
     model = build_model(cfg, plugins, tokenizer).to(device)
     context = model.config.context  # a model plugin exposes its context length the same way
-    dataset = _make(plugins, "dataset", cfg.data, cfg.components["data"], tokenizer=tokenizer, context=context,
-                    seed=cfg.seed, rank=world.rank, world_size=world.size)
+    dataset = build_dataset(cfg, plugins, tokenizer, context, rank=world.rank, world_size=world.size)
     # Before the optimizer: FSDP2 replaces the parameters with sharded ones.
     wrapped = distributed.wrap(model, world, cfg.trainer, device)
     optimizer = _make(plugins, "optimizer", cfg.optim, cfg.components["optim"], model, device)
