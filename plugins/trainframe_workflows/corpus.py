@@ -19,7 +19,7 @@ def corpus_files(path: Path, where: str = "") -> list[Path]:
         raise UserError(f"{where}{path}: no such file or directory; expected a .jsonl of workflows, "
                         "a directory or a workflow file")
     if path.is_dir():
-        files = _dir_files(path)
+        files = dir_files(path)
         if not files:
             raise UserError(f"{where}{path}: no .yml, .yaml or .json files in this directory")
         return files
@@ -41,7 +41,7 @@ def iter_texts(path: str | Path) -> Iterator[tuple[str, str]]:
 def iter_workflows(path: Path) -> Iterator[tuple[str, str | None, str | None]]:
     """(name, text, None) per workflow, or (name, None, reason) for input that cannot be read."""
     if path.is_dir():
-        for f in _dir_files(path):
+        for f in dir_files(path):
             yield (str(f.relative_to(path)), *_read(f))
     elif path.suffix == ".jsonl":
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -70,5 +70,6 @@ def _read(f: Path) -> tuple[str | None, str | None]:
         return None, f"not UTF-8 text (byte {e.start})"
 
 
-def _dir_files(path: Path) -> list[Path]:
+def dir_files(path: Path) -> list[Path]:
+    """Workflow files anywhere under a directory, sorted."""
     return sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SUFFIXES)

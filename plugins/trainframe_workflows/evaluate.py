@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainframe.errors import UserError
 
-from .corpus import SUFFIXES
+from .corpus import dir_files
 from .schema_tokenizer import load_schema
 from .schema_tokenizer.yaml_loader import load_document
 
@@ -48,7 +48,7 @@ def _samples(d: Path) -> tuple[list[Path], list[dict] | None]:
             raise UserError(f"{manifest}: not JSON lines: {e}") from None
         files = [d / r["file"] for r in rows if r.get("file")]
     else:
-        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix in SUFFIXES)
+        files = dir_files(d)  # subdirectories too, as the training corpus reader does
     if not files and not rows:
         raise UserError(f"{d}: no samples.jsonl and no .yml/.yaml/.json files")
     return files, rows

@@ -140,3 +140,15 @@ def test_generate_and_eval_cli(tmp_path, cli):
     assert (con / "samples.jsonl").read_bytes() == before
     r = cli("eval-workflows", tmp_path / "missing")
     assert r.returncode == 2 and "not a directory" in r.stderr
+
+
+def test_eval_workflows_reads_subdirectories(tmp_path, validator):
+    # Without samples.jsonl every workflow file under the directory counts, as for the training corpus.
+    d = tmp_path / "repo"
+    (d / ".github" / "workflows").mkdir(parents=True)
+    good = "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo hi\n"
+    (d / "top.yml").write_text(good)
+    (d / ".github" / "workflows" / "ci.yaml").write_text(good.replace("echo hi", "echo ci"))
+    (d / "notes.txt").write_text("not a workflow")
+    r = evaluate_dir(d, validator)
+    assert (r["count"], r["schema_valid"], r["distinct"]) == (2, 2, 2)
