@@ -22,6 +22,7 @@ import torch
 
 from trainframe.config import apply_overrides, load_config, load_raw
 from trainframe.errors import UserError
+from trainframe.fileio import atomic_path, write_text_atomic
 from trainframe.phases import Phase
 
 TARGETS = (("50%", 0.5), ("75%", 0.75), ("100%", 1.0))
@@ -81,8 +82,8 @@ def main(args: argparse.Namespace) -> int:
 def write_results(runs: dict[str, list[dict]], full_cfg, out: Path) -> tuple[dict, str]:
     summary = summarize(runs, full_cfg)
     table = markdown_table(summary)
-    _write_atomic(out / "results.json", json.dumps(summary, indent=2))
-    _write_atomic(out / "results.md", table)
+    write_text_atomic(out / "results.json", json.dumps(summary, indent=2))
+    write_text_atomic(out / "results.md", table)
     plot(summary, out / "curves.png")
     return summary, table
 
@@ -269,13 +270,8 @@ def plot(summary: dict, path: Path) -> None:
         ax.legend()
     fig.suptitle(f"{summary['config']}: val loss by controller")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)

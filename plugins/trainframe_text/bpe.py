@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from itertools import chain
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import Field
 
 from trainframe.config import ComponentConfig
 from trainframe.errors import UserError
+from trainframe.fileio import atomic_path
 
 SPECIALS = ("<|bos|>", "<|eos|>", "<|pad|>")
 # GPT-4 style pre-split: contractions, letters, up to 3 digits, punctuation runs, whitespace runs.
@@ -122,9 +122,8 @@ def train_bpe(texts, vocab_size: int):
 
 def save_atomic(tok, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tok.save(str(tmp))
 
 
 def _pieces(text: str, size: int = 16384):

@@ -28,17 +28,12 @@ import numpy as np
 
 from trainframe.data.shards import INDEX, token_dtype
 from trainframe.errors import UserError
+from trainframe.fileio import TEMP_GLOB, write_bytes_atomic
 
 from .sources import SourceConfig, iter_texts, open_rows, source_key
 
 MANIFEST = "manifest.json"
 _TOKENIZER = None  # set in each worker process by _init_worker
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _init_worker(tokenizer) -> None:
@@ -60,10 +55,10 @@ def tokenize_chunk(out_dir: str, index: int, texts: list[str], bad: int, tokeniz
     if arr.size and (arr.min() < 0 or arr.max() >= vocab):
         raise ValueError(f"token id out of range for vocab {vocab}")
     out = Path(out_dir)
-    _write_atomic(out / f"chunk_{index:05d}.bin", arr.astype(token_dtype(vocab)).tobytes())
+    write_bytes_atomic(out / f"chunk_{index:05d}.bin", arr.astype(token_dtype(vocab)).tobytes())
     stats = {"rows": len(texts), "bad_rows": bad, "bytes": sum(len(t.encode("utf-8")) for t in texts),
              "tokens": int(arr.size), "cpu_s": time.process_time() - cpu0}
-    _write_atomic(out / f"chunk_{index:05d}.json", json.dumps(stats).encode())
+    write_bytes_atomic(out / f"chunk_{index:05d}.json", json.dumps(stats).encode())
     return stats
 
 
@@ -122,7 +117,7 @@ class Progress:
 def _prepare_source(src: SourceConfig, where: str, out: Path, tokenizer, pool, workers: int,
                     chunk_bytes: int, progress: Progress) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a killed run; ours to remove
+    for stale in out.glob(TEMP_GLOB):  # left by a killed run; ours to remove
         stale.unlink(missing_ok=True)
     texts = iter_texts(open_rows(src, where), src.text_field, where)
     task = progress.task(src.label, src.max_tokens)
@@ -171,7 +166,7 @@ def _prepare_source(src: SourceConfig, where: str, out: Path, tokenizer, pool, w
             "text_field": src.text_field, **done, "chunks_resumed": resumed, "tokenizer": tokenizer.fingerprint()}
     vocab = tokenizer.vocab_size()
     index_data = {"dtype": token_dtype(vocab).name, "vocab_size": vocab, "shards": shards, **meta}
-    _write_atomic(out / INDEX, json.dumps(index_data, indent=1).encode())
+    write_bytes_atomic(out / INDEX, json.dumps(index_data, indent=1).encode())
     return index_data
 
 
@@ -219,7 +214,7 @@ def prepare(cfg, tokenizer, *, workers: int | None = None, progress: bool = True
     text = json.dumps(manifest, indent=1) + "\n"
     path = data_dir / MANIFEST
     if not path.exists() or path.read_text() != text:
-        _write_atomic(path, text.encode())
+        write_bytes_atomic(path, text.encode())
     if not todo:
         log(f"{data_dir}: all {len(entries)} sources already prepared ({manifest['tokens']:,} tokens); nothing to do")
     return manifest

@@ -18,18 +18,13 @@ from trainframe.engine import checkpoint as ckpt
 from trainframe.errors import UserError
 from trainframe.evaluate import eval_args, eval_main
 from trainframe.export import export_args, export_main
+from trainframe.fileio import write_text_atomic
 
 
 def _plugins():
     from trainframe.plugins import current
 
     return current()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -116,7 +111,7 @@ def train_main(args: argparse.Namespace) -> int:
         trainer = build_trainer(cfg, plugins, run_dir, world)
         if world.is_main:
             check_run_dir(run_dir)
-            _write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+            write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
             _describe_run(trainer)
         distributed.barrier(world)
         return _fit(trainer)
@@ -165,7 +160,7 @@ def _resume(cfg, plugins, args: argparse.Namespace, world) -> int:
             f"recomputed for the new length; lr factor at step {trainer.step} was {old(trainer.step):.4f}, "
             f"is now {trainer.schedule(trainer.step):.4f}")
     if args.overrides and world.is_main:
-        _write_text_atomic(config_file, cfg.to_yaml())
+        write_text_atomic(config_file, cfg.to_yaml())
     if trainer.step >= trainer.max_steps:
         say(f"the run is complete ({trainer.step} steps); raise trainer.max_steps to continue it")
         return 0
@@ -359,13 +354,13 @@ def generate_main(args: argparse.Namespace) -> int:
                 continue
             if text is not None:
                 row["file"] = f"sample_{i:04d}{suffix}"
-                _write_text_atomic(args.out / row["file"], text)
+                write_text_atomic(args.out / row["file"], text)
             rows.append(row)
     finally:
         if show is not None:
             show.close()
     if args.out is not None:
-        _write_text_atomic(args.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(args.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         decoded = sum(r["file"] is not None for r in rows)
         print(f"{len(rows)} samples, {decoded} decoded, {sum(r['finished'] for r in rows)} finished; "
               f"written to {args.out}")

@@ -1,12 +1,11 @@
 """Checkpoint files: written atomically, loaded safely, the newest good one found on resume.
 
 Layout under ``RUN_DIR/checkpoints/``: ``step_00000500.pt`` (the last ``keep_last`` kept) and
-``best.pt`` (lowest val loss). A kill during a save leaves a ``.tmp`` file, never a broken ``.pt``.
+``best.pt`` (lowest val loss). A kill during a save leaves a hidden temporary file, never a broken ``.pt``.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import sys
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from trainframe.errors import UserError
+from trainframe.fileio import atomic_path
 
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 
@@ -26,16 +26,8 @@ def step_path(ckpt_dir: Path, step: int) -> Path:
 
 def save_atomic(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def step_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:

@@ -13,6 +13,7 @@ from pydantic import Field
 
 import trainframe
 from trainframe.config import ComponentConfig
+from trainframe.fileio import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -55,9 +56,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError):
             continue  # a line cut by a kill
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class TensorboardConfig(ComponentConfig):

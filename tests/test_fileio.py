@@ -1,0 +1,72 @@
+import os
+
+import pytest
+
+from trainframe import fileio
+from trainframe.fileio import (
+    TEMP_GLOB,
+    atomic_path,
+    temp_path,
+    write_bytes_atomic,
+    write_text_atomic,
+)
+
+
+def test_replaces_the_target_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp != target
+        tmp.write_text("new")
+        assert target.read_text() == "old"  # nothing visible until the block ends
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+@pytest.mark.parametrize("existed", [True, False])
+def test_an_exception_removes_the_temp_and_leaves_the_target(tmp_path, existed):
+    target = tmp_path / "out.txt"
+    if existed:
+        target.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+    assert [p.name for p in tmp_path.iterdir()] == (["out.txt"] if existed else [])
+    if existed:
+        assert target.read_text() == "old"
+
+
+def test_temp_keeps_the_suffix_is_per_process_and_matches_the_stale_glob(tmp_path):
+    for name, suffix in (("curves.png", ".png"), ("chunk_00000.bin", ".bin"), ("metrics.jsonl", ".jsonl"),
+                         ("noext", ".tmp")):
+        tmp = temp_path(tmp_path / name)
+        assert tmp.suffix == suffix
+        assert str(os.getpid()) in tmp.name
+        assert tmp.match(TEMP_GLOB)
+    assert not (tmp_path / "chunk_00000.bin").match(TEMP_GLOB)
+
+
+def test_fsync_runs_before_the_replace(tmp_path, monkeypatch):
+    target = tmp_path / "state.pt"
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(target.exists())  # the target must not exist yet
+        real_fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    with atomic_path(target, fsync=True) as tmp:
+        tmp.write_bytes(b"\x00\x01")
+    assert synced == [False] and target.read_bytes() == b"\x00\x01"
+    with atomic_path(tmp_path / "other", fsync=False) as tmp:
+        tmp.write_bytes(b"")
+    assert synced == [False]
+
+
+def test_thin_wrappers(tmp_path):
+    write_text_atomic(tmp_path / "a.txt", "héllo\n")
+    write_bytes_atomic(tmp_path / "b.bin", b"\xff\x00")
+    assert (tmp_path / "a.txt").read_text() == "héllo\n"
+    assert (tmp_path / "b.bin").read_bytes() == b"\xff\x00"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin"]
