@@ -94,7 +94,8 @@ def _config_for(path, overrides: list[str], controller: str, registry):
     set of keys, and not to ``full``."""
     data, origins = load_raw(path)
     section = dict(apply_overrides(data, origins, overrides).get("phases") or {})
-    section = {"name": "full"} if controller == "full" else {**section, "name": controller}
+    # time_overhead: the controllers wait for the GPU after their work, so overhead_s holds its time
+    section = {"name": "full"} if controller == "full" else {**section, "name": controller, "time_overhead": True}
     extra = [f"phases={json.dumps(section)}", "loggers=[]", "callbacks=[]", "trainer.sample_tokens=0",
              "trainer.save_every=0"]
     return load_config(path, [*overrides, *extra], registry)

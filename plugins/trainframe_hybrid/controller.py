@@ -65,6 +65,8 @@ class HybridConfig(ComponentConfig):
     corrector_decay: float = Field(0.98, gt=0, le=1, description="per-entry age decay of retrieval weights")
     correction_clamp: float = Field(0.5, gt=0)
     seed: int = 0
+    time_overhead: bool = Field(False, description="wait for the GPU after the controller's work each step so "
+                                "its time is measured (bench predictive turns it on; a stall per step)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -227,7 +229,7 @@ class HybridController(PhaseController):
         if not self.ready:
             self._setup(trainer)
         metrics = self._observe(outcome, trainer)
-        if trainer.device.type == "cuda":
+        if self.cfg.time_overhead and trainer.device.type == "cuda":
             torch.cuda.synchronize(trainer.device)  # so overhead_s measures the work, not its launch
         self.overhead_s += time.perf_counter() - start
         return metrics

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from trainframe.errors import UserError
+from trainframe.fileio import atomic_path
 
 
 def plot_args(p: argparse.ArgumentParser) -> None:
@@ -53,10 +54,11 @@ def plot_main(args: argparse.Namespace) -> int:
     ax.grid(alpha=0.3)
     ax.legend()
     out = args.out or args.run_dir / "loss.png"
-    tmp = out.with_name(f".{out.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     print(f"wrote {out}")
     return 0

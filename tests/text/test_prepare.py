@@ -22,6 +22,7 @@ from textdata import (  # noqa: F401 (a fixture)
 from trainframe_text.bpe import load_bpe
 
 from trainframe.data.shards import open_shards
+from trainframe.fileio import TEMP_GLOB
 
 
 def fineweb_parquet(path, texts):
@@ -116,7 +117,7 @@ def test_killed_prepare_resumes_to_the_same_shards(tmp_path, bpe_path, capsys):
     resumed = np.concatenate(open_shards(src_dir)[1])
     fresh = np.concatenate(open_shards(data / src_dir.name)[1])
     assert np.array_equal(resumed, fresh) and resumed.size > 0
-    assert not list(src_dir.glob(".*.tmp"))
+    assert not list(src_dir.glob(TEMP_GLOB))
 
 
 def test_offline_hub_source_is_one_line_and_exit_2(tmp_path, bpe_path):
