@@ -329,10 +329,11 @@ def test_eager_attention_matches_sdpa():
 def test_state_dict_with_separate_qkv_loads_into_fused_projection():
     # Checkpoints written before q, k and v were one matrix keep loading (GQA: k and v are narrower).
     src = tiny(n_head=4, n_kv_head=2)
+    hd = src.config.head_dim
     old = {}
     for name, tensor in src.state_dict().items():
         if name.endswith("attn.qkv.weight"):
-            q, k, v = tensor.split(src.blocks[0].attn.qkv_sizes)
+            q, k, v = tensor.split((4 * hd, 2 * hd, 2 * hd))
             base = name[: -len("qkv.weight")]
             old.update({f"{base}q.weight": q, f"{base}k.weight": k, f"{base}v.weight": v})
         else:

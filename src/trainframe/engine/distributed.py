@@ -58,15 +58,15 @@ def device_for(world: World, spec: str) -> str:
     return spec
 
 
-def wrap(model: torch.nn.Module, world: World, trainer, device: torch.device) -> torch.nn.Module:
-    """The module the forward pass goes through: DDP, or FSDP2 (each block, then the root).
-    ``trainer`` is the run's TrainerConfig (distributed, grad_reduce, ddp_bucket_mb)."""
+def wrap(model: torch.nn.Module, world: World, trainer_config, device: torch.device) -> torch.nn.Module:
+    """The module the forward pass goes through: DDP, or FSDP2 (each block, then the root), set up
+    from the run's TrainerConfig (distributed, grad_reduce, ddp_bucket_mb)."""
     if not world.distributed:
         return model
-    bf16_reduce = trainer.grad_reduce == "bf16"
+    bf16_reduce = trainer_config.grad_reduce == "bf16"
     if bf16_reduce and device.type != "cuda":
         raise UserError(f"trainer.grad_reduce=bf16 needs CUDA devices (NCCL); this run is on {device.type}: use fp32")
-    if trainer.distributed == "fsdp2":
+    if trainer_config.distributed == "fsdp2":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         # Parameters stay float32 (autocast does the casting); only the reduce-scatter dtype changes.
@@ -84,7 +84,7 @@ def wrap(model: torch.nn.Module, world: World, trainer, device: torch.device) ->
     renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
     no_buffer_sync = {"forward_sync_buffers" if renamed else "broadcast_buffers": False}
     ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True,
-                                  bucket_cap_mb=trainer.ddp_bucket_mb, **no_buffer_sync)
+                                  bucket_cap_mb=trainer_config.ddp_bucket_mb, **no_buffer_sync)
     if bf16_reduce:
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 

@@ -227,9 +227,7 @@ class Attention(nn.Module):
         self.sdpa = cfg.attention == "sdpa"
         # One matrix for q, k and v: one matmul forward and two backward instead of three and six,
         # and no sum of three input gradients (measured in docs/performance.md).
-        kv_width = self.n_kv_head * self.head_dim
-        self.qkv_sizes = (self.n_head * self.head_dim, kv_width, kv_width)
-        self.qkv = linear(cfg.d_model, sum(self.qkv_sizes))
+        self.qkv = linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim)
         self.o = linear(self.n_head * self.head_dim, cfg.d_model)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
