@@ -104,6 +104,22 @@ def test_corrupt_checkpoint_falls_back(plugins, tiny_config, tmp_path, capsys):
         ckpt.load(second)
 
 
+def test_checkpoint_of_another_layout_is_one_line(plugins, tiny_config, tmp_path):
+    # Weights from before the fused qkv load (the model converts them) but the optimizer state holds
+    # three tensors where the model now has one: a clear error, not a traceback.
+    trainer = make_trainer(plugins, tiny_config, tmp_path / "run")
+    trainer.train_step()
+    state = trainer.state_dict()
+    for name in [n for n in state["model"] if n.endswith("attn.qkv.weight")]:
+        q, k, v = state["model"].pop(name).chunk(3)
+        base = name[: -len("qkv.weight")]
+        state["model"].update({f"{base}q.weight": q, f"{base}k.weight": k, f"{base}v.weight": v})
+    groups = state["optimizer"]["param_groups"]
+    groups[0]["params"] = groups[0]["params"] + [max(p for g in groups for p in g["params"]) + 1]
+    with pytest.raises(UserError, match="does not fit this run's model and optimizer"):
+        make_trainer(plugins, tiny_config, tmp_path / "other").load_state_dict(state)
+
+
 def test_keep_last_and_best(plugins, tiny_config, tmp_path):
     run = tmp_path / "run"
     trainer = make_trainer(plugins, tiny_config, run, "trainer.max_steps=12", "trainer.save_every=2",

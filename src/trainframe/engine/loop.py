@@ -491,8 +491,13 @@ class Trainer:
             set_model_state_dict(self.model, state["model"], options=full)
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=full)
         else:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError) as e:  # another model shape, or weights from an older layout
+                first = str(e).strip().splitlines()[0]
+                raise UserError(f"checkpoint at step {loop['step']} does not fit this run's model and optimizer "
+                                f"({first}); resume it with the config and trainframe version that wrote it") from None
         self.step, self.tokens_seen, self.best_val = loop["step"], loop["tokens_seen"], loop["best_val"]
         self.bad_steps, self.bad_steps_total = loop["bad_steps"], loop["bad_steps_total"]
         self.backward_passes = loop["backward_passes"]
