@@ -12,6 +12,7 @@ import pytest
 import torch
 from support import REPO, run_cli
 
+from trainframe.cli import main
 from trainframe.config import load_config
 from trainframe.engine import checkpoint as ckpt
 from trainframe.engine.build import build_trainer
@@ -248,6 +249,8 @@ def test_train_leaves_a_complete_run_dir_and_generates(tiny_config, tmp_path):
     gen = run_cli("generate", run, "--prompt", "To be", "--max-tokens", "15", "--temperature", "0")
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith("To be") and len(gen.stdout) > len("To be")
+    assert main(["plot", str(run)]) == 0 and (run / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["plot", str(tmp_path)]) == 2  # not a run directory: one line, exit 2
     again = run_cli("train", tiny_config, "--run-dir", run)
     assert again.returncode == 2 and "already holds a run" in again.stderr
 

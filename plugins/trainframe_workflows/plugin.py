@@ -1,5 +1,5 @@
-"""Registers the workflow tokenizers, the ``workflows`` dataset, the ``tokenizer check``, ``eval-workflows``
-and ``plot`` commands and the ``schema`` tokenizer trainer."""
+"""Registers the workflow tokenizers, the ``workflows`` dataset, the ``tokenizer check`` and
+``eval-workflows`` commands and the ``schema`` tokenizer trainer."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from trainframe.errors import UserError
 from .cli import check_args, check_main, schema_train, schema_train_args
 from .dataset import WorkflowsConfig, build_workflows
 from .evaluate import eval_args, eval_main
-from .plot import plot_args, plot_main
 from .tct import TctConfig, build_tct_tokenizer
 
 
@@ -60,8 +59,6 @@ def trainframe_register(registry):
                  help="GitHub workflows: cached tokens, split by repository, offset/prefix/FIM windows")
     registry.add_command("eval-workflows", run=eval_main, add_arguments=eval_args,
                          help="validity of generated workflows: YAML, schema, on/jobs, distinct, actionlint")
-    registry.add_command("plot", run=plot_main, add_arguments=plot_args,
-                         help="plot a run's train and validation loss to a PNG")
     registry.add_command("tokenizer check", run=check_main, add_arguments=check_args,
                          help="encode a workflow collection: validity, round trip, tokens, speed")
     registry.add_tokenizer_trainer("schema", schema_train, schema_train_args,

@@ -18,6 +18,7 @@ from trainframe.engine import checkpoint as ckpt
 from trainframe.errors import UserError
 from trainframe.evaluate import eval_args, eval_main
 from trainframe.export import export_args, export_main
+from trainframe.plot import plot_args, plot_main
 from trainframe.fileio import write_text_atomic
 
 
@@ -431,6 +432,7 @@ def register_commands(registry) -> None:
     registry.add_command("config validate", config_validate_main, _config_args, help="check a config")
     registry.add_command("plugins", plugins_main, help="list plugins, versions and what each registers")
     registry.add_command("generate", generate_main, generate_args, help="sample text from a trained run")
+    registry.add_command("plot", plot_main, plot_args, help="plot a run's train and validation loss to a PNG")
     registry.add_command("export", export_main, export_args,
                          help="write a checkpoint as safetensors + config + tokenizer files (+ packed ternary)")
     registry.add_command("eval", eval_main, eval_args,
