@@ -442,10 +442,11 @@ class Trainer:
             model_state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
         rng = ckpt.rng_state()
         extra = {}
-        if self.world.distributed:  # each rank's own streams (dropout masks differ per rank), to rank 0
-            rng_ranks = [None] * self.world.size if self.world.is_main else None
-            torch.distributed.gather_object(rng, rng_ranks, dst=0)
-            extra = {"rng_ranks": rng_ranks} if self.world.is_main else {}
+        if self.world.distributed:  # each rank's own streams (dropout masks differ per rank)
+            # all_gather, not gather: gather_object to rank 0 aborted a gloo rank now and then (1 run in 4).
+            rng_ranks = [None] * self.world.size
+            torch.distributed.all_gather_object(rng_ranks, rng)
+            extra = {"rng_ranks": rng_ranks}
         return {
             "model": model_state,
             "optimizer": optim_state,
