@@ -56,6 +56,7 @@ def _rank_main(rank, config, run_dir, port, out):
     if world.is_main:
         torch.save({"replicas": replicas, "after_resume": after, "params": _flat_params(trainer),
                     "ddp": ddp_weights, "fsdp2": fsdp_weights}, out)
+    del trainer, sharded, resumed  # garbage before the group goes (shutdown collects it)
     distributed.shutdown(world)
 
 
@@ -114,6 +115,7 @@ def _rng_rank_main(rank, config, run_dir, port, out, resume):
         trainer.fit()  # ends with the step-2 checkpoint; nothing draws after it
         result["after_save"] = _draws()
     torch.save(result, f"{out}.{int(resume)}.{rank}")
+    del trainer
     distributed.shutdown(world)
 
 

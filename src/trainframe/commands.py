@@ -94,8 +94,6 @@ def _fit(trainer) -> int:
 
 def train_main(args: argparse.Namespace) -> int:
     from trainframe.engine import distributed
-    from trainframe.engine.build import build_trainer
-    from trainframe.engine.loop import check_run_dir
 
     _check_nproc(args.nproc)
     plugins = _plugins()
@@ -108,16 +106,25 @@ def train_main(args: argparse.Namespace) -> int:
         return _launch(args.nproc, cfg.trainer.device, ["train", args.config, *args.overrides, "--run-dir", run_dir])
     world = distributed.init(cfg.trainer.device)
     try:
-        run_dir = distributed.broadcast_object(run_dir, world)  # one name, even if ranks read the clock apart
-        trainer = build_trainer(cfg, plugins, run_dir, world)
-        if world.is_main:
-            check_run_dir(run_dir)
-            write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
-            _describe_run(trainer)
-        distributed.barrier(world)
-        return _fit(trainer)
+        return _train(cfg, plugins, run_dir, world)
     finally:
         distributed.shutdown(world)
+
+
+def _train(cfg, plugins, run_dir: Path, world) -> int:
+    # Its own function so the trainer is garbage once it returns, before the process group goes.
+    from trainframe.engine import distributed
+    from trainframe.engine.build import build_trainer
+    from trainframe.engine.loop import check_run_dir
+
+    run_dir = distributed.broadcast_object(run_dir, world)  # one name, even if ranks read the clock apart
+    trainer = build_trainer(cfg, plugins, run_dir, world)
+    if world.is_main:
+        check_run_dir(run_dir)
+        write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+        _describe_run(trainer)
+    distributed.barrier(world)
+    return _fit(trainer)
 
 
 # ----------------------------------------------------------------------------------------- resume

@@ -36,6 +36,7 @@ def _rank_main(rank, config, run_dir, port, out):
     dist.all_gather_object(states, state)
     if world.is_main:
         torch.save({"replicas": replicas, "states": states}, out)
+    del trainer  # garbage before the group goes (shutdown collects it)
     distributed.shutdown(world)
 
 
