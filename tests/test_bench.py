@@ -87,3 +87,18 @@ def test_nan_stop_is_noticed_at_the_next_log_step(tiny_config, tmp_path):
     with pytest.raises(TrainingStopped, match="2 consecutive steps"):
         trainer.fit()
     assert trainer.step == 3  # the first log step after two bad ones
+
+
+def test_bench_profile_writes_a_trace_and_lists_operators(tiny_config, tmp_path, capsys):
+    trace = tmp_path / "trace.json"
+    assert main(["bench", "throughput", str(tiny_config), "trainer.batch_size=2", "--steps", "2", "--warmup", "1",
+                 "--profile", str(trace), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert json.loads(trace.read_text())["traceEvents"]
+    top = result["profile"]["top"]
+    assert result["profile"]["trace"] == str(trace) and top
+    assert any("addmm" in r["name"] or "mm" in r["name"] for r in top)  # the model's matmuls show up
+    assert all(r["ms_per_step"] > 0 for r in top)
+
+    assert main(["bench", "throughput", str(tiny_config), "--profile", str(tmp_path / "no" / "t.json")]) == 2
+    assert "--profile" in capsys.readouterr().err

@@ -21,6 +21,7 @@ import torch
 import trainframe
 from trainframe.config import load_config
 from trainframe.errors import UserError
+from trainframe.fileio import atomic_path
 
 
 class RandomTokens:
@@ -52,11 +53,19 @@ class RandomTokens:
 
 
 class StepTimer:
-    """A listener that starts the clock after the warm-up steps and stops it after the last step."""
+    """A listener that starts the clock after the warm-up steps and stops it after the last step;
+    with ``profile`` it runs torch.profiler over the same steps (started before the clock, stopped
+    after it, so only its per-operator overhead is timed)."""
 
-    def __init__(self, device: torch.device, warmup: int, last: int):
+    def __init__(self, device: torch.device, warmup: int, last: int, profile: bool = False):
         self.device, self.warmup, self.last = device, warmup, last
         self.start = self.end = None
+        self.profiler = None
+        if profile:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -68,10 +77,26 @@ class StepTimer:
             self._sync()
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
+            if self.profiler is not None:
+                self.profiler.start()
             self.start = time.perf_counter()
         elif step == self.last:
             self._sync()
             self.end = time.perf_counter()
+            if self.profiler is not None:
+                self.profiler.stop()
+
+    def top_operators(self, steps: int, n: int = 15) -> list[dict]:
+        """The operators and kernels that took the most time per step: GPU time on CUDA, CPU time
+        otherwise (self time: a kernel once, not again in the op that launched it)."""
+        on_gpu = self.device.type == "cuda"
+        rows = []
+        for event in self.profiler.key_averages():
+            total = event.self_device_time_total if on_gpu else event.self_cpu_time_total
+            if total > 0:
+                rows.append({"name": event.key, "ms_per_step": total / 1e3 / steps,
+                             "calls_per_step": event.count / steps})
+        return sorted(rows, key=lambda r: r["ms_per_step"], reverse=True)[:n]
 
 
 def throughput_args(p: argparse.ArgumentParser) -> None:
@@ -83,10 +108,15 @@ def throughput_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", choices=("random", "real"), default="random",
                    help="random tokens (like the reference loop) or the config's dataset (default random)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--profile", type=Path, metavar="TRACE.json",
+                   help="run torch.profiler over the timed steps: write a Chrome/Perfetto trace here (rank r of "
+                        "several: TRACE.rank<r>.json) and list the operators that took the most time; "
+                        "the profiler slows the steps a little")
 
 
-def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None) -> dict:
-    """Build the config's Trainer, run warmup + steps steps, return the figures (tokens over all ranks)."""
+def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None, profile: Path | None = None) -> dict:
+    """Build the config's Trainer, run warmup + steps steps, return the figures (tokens over all ranks);
+    with ``profile`` also write a trace there and add the top operators (key ``profile``)."""
     from trainframe.engine.build import build_trainer
     from trainframe.engine.loop import TrainingStopped
 
@@ -96,7 +126,7 @@ def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None) -> dic
             vocab = getattr(trainer.model.config, "vocab_size", None) or trainer.tokenizer.vocab_size()
             trainer.dataset = RandomTokens(vocab, trainer.context, cfg.trainer.batch_size,
                                            pin=trainer.device.type == "cuda", seed=cfg.seed)
-        timer = StepTimer(trainer.device, warmup, warmup + steps)
+        timer = StepTimer(trainer.device, warmup, warmup + steps, profile=profile is not None)
         trainer.listeners.append(timer)
         try:
             trainer.fit(finish=False)
@@ -108,6 +138,13 @@ def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None) -> dic
         tokens = cfg.trainer.batch_size * cfg.trainer.grad_accum * trainer.context * trainer.world.size
         tokens_per_s = tokens / seconds
         cuda = trainer.device.type == "cuda"
+        profiled = {}
+        if profile is not None:
+            if trainer.world.distributed and trainer.world.rank > 0:
+                profile = profile.with_name(f"{profile.stem}.rank{trainer.world.rank}{profile.suffix}")
+            with atomic_path(profile) as tmp:
+                timer.profiler.export_chrome_trace(str(tmp))
+            profiled = {"profile": {"trace": str(profile), "top": timer.top_operators(steps)}}
         return {
             "tokens_per_s": tokens_per_s,
             "ms_per_step": seconds * 1e3,
@@ -122,6 +159,7 @@ def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None) -> dic
             "torch": torch.__version__, "compile": trainer.forward_model is not trainer.wrapped_model,
             "host_sync_per_step": not trainer.defer_sync, "world_size": trainer.world.size,
             "distributed": cfg.trainer.distributed if trainer.world.distributed else None,
+            **profiled,
         }
 
 
@@ -129,13 +167,16 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def run_bench(config, overrides: list[str], steps: int, warmup: int, data: str, plugins=None) -> dict:
+def run_bench(config, overrides: list[str], steps: int, warmup: int, data: str, plugins=None,
+              profile: Path | None = None) -> dict:
     """``bench throughput`` as a function: the figures of ``steps`` timed steps of CONFIG."""
     from trainframe.engine import distributed
     from trainframe.plugins import current
 
     if steps < 1 or warmup < 1:
         raise UserError(f"--steps and --warmup: expected positive integers, got {steps} and {warmup}")
+    if profile is not None and not profile.parent.is_dir():
+        raise UserError(f"--profile: {profile.parent} is not a directory; expected a path for the trace file")
     plugins = plugins or current()
     overrides = [*overrides, f"trainer.max_steps={warmup + steps}", "trainer.eval_every=0",
                  "trainer.save_every=0", "trainer.sample_tokens=0"]
@@ -145,13 +186,13 @@ def run_bench(config, overrides: list[str], steps: int, warmup: int, data: str, 
     cfg.loggers, cfg.components["loggers"] = [raw for raw, _ in kept], [sub for _, sub in kept]
     world = distributed.init(cfg.trainer.device)  # under torchrun: every rank times its steps
     try:
-        return {"name": cfg.name, **measure(cfg, plugins, steps, warmup, data, world)}
+        return {"name": cfg.name, **measure(cfg, plugins, steps, warmup, data, world, profile)}
     finally:
         distributed.shutdown(world)
 
 
 def throughput_main(args: argparse.Namespace) -> int:
-    result = run_bench(args.config, args.overrides, args.steps, args.warmup, args.data)
+    result = run_bench(args.config, args.overrides, args.steps, args.warmup, args.data, profile=args.profile)
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports for all
         return 0
     if args.json:
@@ -166,4 +207,9 @@ def throughput_main(args: argparse.Namespace) -> int:
     print(f"  ms/step      {result['ms_per_step']:.2f}   ({args.steps} steps after {args.warmup} warm-up)")
     print(f"  MFU          {mfu}")
     print(f"  peak memory  {mem}")
+    if "profile" in result:
+        where = "GPU" if result["peak_mem_gb"] is not None else "CPU"
+        print(f"\n  most {where} time per step (self time; trace: {result['profile']['trace']})")
+        for row in result["profile"]["top"]:
+            print(f"  {row['ms_per_step']:9.3f} ms  x{row['calls_per_step']:<6.1f} {row['name'][:90]}")
     return 0
