@@ -18,8 +18,8 @@ from trainframe.engine import checkpoint as ckpt
 from trainframe.errors import UserError
 from trainframe.evaluate import eval_args, eval_main
 from trainframe.export import export_args, export_main
-from trainframe.plot import plot_args, plot_main
 from trainframe.fileio import write_text_atomic
+from trainframe.plot import plot_args, plot_main
 
 
 def _plugins():
