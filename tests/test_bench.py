@@ -102,3 +102,27 @@ def test_bench_profile_writes_a_trace_and_lists_operators(tiny_config, tmp_path,
 
     assert main(["bench", "throughput", str(tiny_config), "--profile", str(tmp_path / "no" / "t.json")]) == 2
     assert "--profile" in capsys.readouterr().err
+
+
+def test_bench_clock_leaves_out_the_last_warmup_log_step(tiny_config, tmp_path):
+    """The clock starts when the first timed step starts: the warm-up's last log step, where loggers
+    are first set up (tensorboard's import), runs before it."""
+    from trainframe.bench import StepTimer
+
+    plugins = load_plugins()
+    overrides = ["trainer.max_steps=3", "trainer.log_every=1", "trainer.save_every=0", "trainer.eval_every=0"]
+    trainer = build_trainer(load_config(tiny_config, overrides, plugins.registry), plugins, tmp_path / "run")
+    timer = StepTimer(trainer.device, warmup=1, last=3)
+    events = []
+
+    class Order:
+        @trainframe.hookimpl
+        def trainframe_log(self, step, metrics):
+            if "loss" in metrics:
+                events.append(("log", step, timer.start is not None))
+
+    trainer.listeners += [timer, Order()]
+    trainer.fit(finish=False)
+    assert events[0] == ("log", 1, False)  # the warm-up's log step: before the clock
+    assert events[1] == ("log", 2, True)
+    assert timer.start is not None and timer.end is not None and timer.end > timer.start

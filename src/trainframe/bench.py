@@ -3,8 +3,8 @@
 Under torchrun (``torchrun --nproc_per_node N -m trainframe bench throughput ...``) the figures
 are for all ranks together. The run is the config's own: same model, optimizer, phase controller, hooks, plugins and loggers
 (console output is left out so it does not mix with the figures). After ``--warmup`` steps
-(torch.compile and the autotuner run there) the device is synchronised and ``--steps`` steps are
-timed, synchronising again before the clock is read at the end.
+(torch.compile, the autotuner and the loggers' first write run there) the device is synchronised and
+``--steps`` steps are timed, synchronising again before the clock is read at the end.
 """
 
 from __future__ import annotations
@@ -71,8 +71,11 @@ class StepTimer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    # The clock starts when the first timed step starts, not when the last warm-up step ends: the
+    # warm-up's last log step (and the loggers' first-use set-up, e.g. tensorboard's import, ~0.2 s)
+    # runs in between and belongs to the warm-up.
     @trainframe.hookimpl
-    def trainframe_step_end(self, step):
+    def trainframe_step_start(self, step):
         if step == self.warmup:
             self._sync()
             if self.device.type == "cuda":
@@ -80,7 +83,10 @@ class StepTimer:
             if self.profiler is not None:
                 self.profiler.start()
             self.start = time.perf_counter()
-        elif step == self.last:
+
+    @trainframe.hookimpl
+    def trainframe_step_end(self, step):
+        if step == self.last:
             self._sync()
             self.end = time.perf_counter()
             if self.profiler is not None:

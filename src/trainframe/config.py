@@ -45,7 +45,7 @@ class TrainerConfig(BaseModel):
         "ddp", description="data parallelism under torchrun: ddp (replicated weights) or fsdp2 (sharded)")
     grad_reduce: Literal["fp32", "bf16"] = Field(
         "fp32", description="dtype gradients travel in between ranks; bf16 halves the traffic, sums are rounded")
-    ddp_bucket_mb: float = Field(25.0, gt=0, description="DDP gradient bucket size: one all-reduce per bucket")
+    ddp_bucket_mb: float = Field(100.0, gt=0, description="DDP gradient bucket size: one all-reduce per bucket")
     eval_every: int = Field(200, ge=0, description="steps between evals; 0 = only at the end")
     eval_batches: int = Field(20, gt=0)
     log_every: int = Field(10, gt=0)

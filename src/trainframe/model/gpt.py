@@ -163,9 +163,10 @@ def _rope_tables(context: int, head_dim: int, theta: float, device=None) -> tupl
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x[i], x[i + hd/2]) of x (B, T, H, hd) by position-dependent angles."""
     x1, x2 = x.chunk(2, dim=-1)
-    cos = cos[None, :, None, :].to(x.dtype)  # tables are float32; match bf16 under autocast
-    sin = sin[None, :, None, :].to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    # The rotation is computed in the tables' float32 and the result cast back: with bf16 tables
+    # inductor made a slower backward kernel (2.0 against 1.05 ms per step, 768d x 12L, H200).
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
 
 
 def _probe_enable_gqa() -> bool:
