@@ -126,3 +126,16 @@ def test_bench_clock_leaves_out_the_last_warmup_log_step(tiny_config, tmp_path):
     assert events[0] == ("log", 1, False)  # the warm-up's log step: before the clock
     assert events[1] == ("log", 2, True)
     assert timer.start is not None and timer.end is not None and timer.end > timer.start
+
+
+def test_bench_profiler_is_stopped_when_the_run_ends_early(tiny_config, tmp_path):
+    from trainframe.bench import StepTimer
+
+    plugins = load_plugins()
+    overrides = ["trainer.max_steps=2", "trainer.save_every=0", "trainer.eval_every=0"]
+    trainer = build_trainer(load_config(tiny_config, overrides, plugins.registry), plugins, tmp_path / "run")
+    timer = StepTimer(trainer.device, warmup=1, last=5, profile=True)  # the run ends at step 2 of 5
+    trainer.listeners.append(timer)
+    trainer.fit(finish=False)
+    assert timer.start is not None and timer.end is None
+    assert not torch.autograd.profiler._is_profiler_enabled

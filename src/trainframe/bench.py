@@ -92,6 +92,11 @@ class StepTimer:
             if self.profiler is not None:
                 self.profiler.stop()
 
+    @trainframe.hookimpl
+    def trainframe_fit_end(self):
+        if self.profiler is not None and self.start is not None and self.end is None:
+            self.profiler.stop()  # the run ended early (NaN stop, Ctrl-C): leave no profiler running
+
     def top_operators(self, steps: int, n: int = 15) -> list[dict]:
         """The operators and kernels that took the most time per step: GPU time on CUDA, CPU time
         otherwise (self time: a kernel once, not again in the op that launched it)."""
