@@ -31,17 +31,17 @@ def corpus_files(path: Path, where: str = "") -> list[Path]:
 def iter_texts(path: str | Path) -> Iterator[tuple[str, str]]:
     """(name, text) for every workflow under ``path``; the first unreadable one raises UserError."""
     p = Path(path)
-    corpus_files(p)
-    for name, text, error in iter_workflows(p):
+    for name, text, error in iter_workflows(p, corpus_files(p)):
         if error is not None:
             raise UserError(f"{p}: {name}: {error}")
         yield name, text
 
 
-def iter_workflows(path: Path) -> Iterator[tuple[str, str | None, str | None]]:
-    """(name, text, None) per workflow, or (name, None, reason) for input that cannot be read."""
+def iter_workflows(path: Path, files: list[Path] | None = None) -> Iterator[tuple[str, str | None, str | None]]:
+    """(name, text, None) per workflow, or (name, None, reason) for input that cannot be read.
+    ``files``: a directory's files as :func:`corpus_files` listed them (listed again if not given)."""
     if path.is_dir():
-        for f in dir_files(path):
+        for f in files if files is not None else dir_files(path):
             yield (str(f.relative_to(path)), *_read(f))
     elif path.suffix == ".jsonl":
         with open(path, encoding="utf-8", errors="replace") as fh:

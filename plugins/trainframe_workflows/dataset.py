@@ -102,7 +102,7 @@ def tokenize_corpus(path: Path, files: list[Path], tokenizer, out: Path) -> None
     else:
         total = len(files)
     docs, skipped, chunks = [], [], []
-    for name, text, error in _progress(iter_workflows(path), total, f"tokenizing {path.name}"):
+    for name, text, error in _progress(iter_workflows(path, files), total, f"tokenizing {path.name}"):
         if error is None:
             try:
                 value = load_document(text)
