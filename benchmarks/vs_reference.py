@@ -59,7 +59,6 @@ def free():
         torch.cuda.reset_peak_memory_stats()
 
 
-
 def ours(shape, data, repeat=0):
     name, V, d, L, h, T, B = shape
     overrides = [f"model.vocab_size={V}", f"model.d_model={d}", f"model.n_layer={L}", f"model.n_head={h}",
