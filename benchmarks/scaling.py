@@ -8,9 +8,7 @@ OUT/scaling.jsonl (a line per run, as soon as it ends) and OUT/scaling.md. Overr
 go to every run (e.g. trainer.ddp_bucket_mb=25). REF_DIR, if set, names a folder with the
 reference DDP loop ref_ddp.py, which then runs the same way. configs/bench-ref.yaml builds its text
 dataset even for random tokens: where its default file is missing, pass `-- data.path=FILE`.
-SMOKE=1: a tiny shape on the CPU, with gloo, to check the script itself.
-
-Several GPUs need NCCL_NVLS_ENABLE=0 on machines where NVLink multicast is off."""
+SMOKE=1: a tiny shape on the CPU, with gloo, to check the script itself."""
 import json
 import os
 import subprocess
