@@ -111,15 +111,8 @@ def val_loss(trainer) -> float:
     """Mean val loss over the fixed val set (the engine's eval, without its hooks and saves)."""
     t = trainer.config.trainer
     trainer.model.eval()
-    sums = torch.zeros(2, device=trainer.device)  # (loss x targets, targets): read back once, not per batch
-    for batch in trainer.dataset.val_batches(t.batch_size, t.eval_batches):
-        x, y = trainer._to_device(batch)
-        with trainer.autocast:
-            loss = trainer.forward_model(x, y)
-        n = (y != -1).sum()
-        sums += torch.stack([loss.float() * n, n.float()])
+    total, count = trainer.loss_sums(trainer.dataset.val_batches(t.batch_size, t.eval_batches)).tolist()
     trainer.model.train()
-    total, count = sums.tolist()
     return total / max(count, 1)
 
 

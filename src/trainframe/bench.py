@@ -159,9 +159,7 @@ def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None, profil
         return {
             "tokens_per_s": tokens_per_s,
             "ms_per_step": seconds * 1e3,
-            # per GPU: tokens/s counts every rank, the peak is one device's
-            "mfu": (tokens_per_s / trainer.world.size * trainer.flops_per_token / trainer.peak_flops
-                    if trainer.peak_flops and trainer.flops_per_token else None),
+            "mfu": trainer.mfu(tokens_per_s),  # per GPU; tokens/s counts every rank
             "peak_mem_gb": torch.cuda.max_memory_allocated(trainer.device) / 1e9 if cuda else None,
             "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6,
             "flops_per_token": trainer.flops_per_token,

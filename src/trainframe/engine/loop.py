@@ -347,6 +347,12 @@ class Trainer:
             return tuple(t.contiguous().pin_memory().to(self.device, non_blocking=True) for t in (x, y))
         return x.to(self.device), y.to(self.device)
 
+    def mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation per device at ``tokens_per_s`` over all ranks (None: peak unknown)."""
+        if not (self.peak_flops and self.flops_per_token):
+            return None
+        return tokens_per_s / self.world.size * self.flops_per_token / self.peak_flops
+
     def _log_train(self, metrics: dict) -> None:
         now = time.perf_counter()
         t0, tok0 = self._window_start
@@ -354,8 +360,9 @@ class Trainer:
         self._window_start = (now, self.tokens_seen)
         row = {**metrics, "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s,
                "backward_passes": self.backward_passes, "skipped_steps": self.bad_steps_total}
-        if self.peak_flops and self.flops_per_token:
-            row["mfu"] = tokens_per_s / self.world.size * self.flops_per_token / self.peak_flops  # per GPU
+        mfu = self.mfu(tokens_per_s)
+        if mfu is not None:
+            row["mfu"] = mfu
         if self.device.type == "cuda":
             row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.hook.trainframe_log(trainer=self, step=self.step, metrics=row)
@@ -371,14 +378,7 @@ class Trainer:
             n_batches = torch.tensor([len(batches)], device=self.device)
             torch.distributed.all_reduce(n_batches, op=torch.distributed.ReduceOp.MIN)
             batches = batches[: int(n_batches.item())]
-        sums = torch.zeros(2, device=self.device)  # (loss x targets, targets)
-        for batch in batches:
-            x, y = self._to_device(batch)
-            with self.autocast:
-                loss = self.forward_model(x, y)
-            n = (y != -1).sum()
-            sums += torch.stack([loss.float() * n, n.float()])
-        loss_sum, count = distributed.total(sums, self.world).tolist()
+        loss_sum, count = distributed.total(self.loss_sums(batches), self.world).tolist()
         self.model.train()
         if count == 0:
             return None
@@ -393,6 +393,19 @@ class Trainer:
             self.best_val = val_loss
             self.save(self.run_dir / "checkpoints" / "best.pt")
         return metrics
+
+    @torch.no_grad()
+    def loss_sums(self, batches) -> torch.Tensor:
+        """(loss x counted targets, counted targets) over ``batches``, this rank's, on the device
+        (no host sync: the caller reads it back once)."""
+        sums = torch.zeros(2, device=self.device)
+        for batch in batches:
+            x, y = self._to_device(batch)
+            with self.autocast:
+                loss = self.forward_model(x, y)
+            n = (y != -1).sum()
+            sums += torch.stack([loss.float() * n, n.float()])
+        return sums
 
     @torch.no_grad()
     def sample(self) -> str | None:
