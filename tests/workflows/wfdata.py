@@ -1,10 +1,9 @@
 """The shared workflow corpus, for tests that import it by name (see tests/support.py for why)."""
 
-from pathlib import Path
-
 import pytest
+from support import SHARED
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "workflows"
+DATA = SHARED / "workflows"
 CORPUS = DATA / "workflows.jsonl"
 
 
