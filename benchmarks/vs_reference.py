@@ -4,8 +4,8 @@ REF_DIR names the folder holding the hand-written reference loop ref_gpt.py (def
 ../shared/bench); PERF_DATA the text file for the real-data run. SMOKE=1 runs a tiny shape on CPU.
 
 One GPU, one process: the reference loop (ref_gpt.py) and `trainframe bench throughput`
-(the same function, trainframe.bench.run_bench) at each shape, interleaved, then real vs random
-data at one shape. Writes OUT/results.jsonl (one line per run, as soon as it ends) and OUT/table.md.
+(the same function, trainframe.bench.run_bench), with its defaults and with trainer.cuda_graphs=true,
+at each shape, interleaved, then real vs random data at one shape. Writes OUT/results.jsonl (one line per run, as soon as it ends) and OUT/table.md.
 Real and random data are compared at 768d x 10L, batch 64, twice each and interleaved: that shape
 is bound by the GPU, so run-to-run noise is well under the 2% to be resolved. At the launch-bound
 384d batch-32 shape (~12 ms a step) the same run scattered by 10-25% between repeats. The data
@@ -59,15 +59,17 @@ def free():
         torch.cuda.reset_peak_memory_stats()
 
 
-def ours(shape, data, repeat=0):
+def ours(shape, data, repeat=0, cuda_graphs=False):
     name, V, d, L, h, T, B = shape
     overrides = [f"model.vocab_size={V}", f"model.d_model={d}", f"model.n_layer={L}", f"model.n_head={h}",
                  f"model.context={T}", f"trainer.batch_size={B}", f"data.path={DATA}"]
     if SMOKE:
         overrides.append("trainer.device=cpu")
+    if cuda_graphs:
+        overrides.append("trainer.cuda_graphs=true")
     t0 = time.time()
     r = run_bench("configs/bench-ref.yaml", overrides, STEPS, WARMUP, data, plugins)
-    record({"who": "trainframe", "shape": name, "data": data, "repeat": repeat, "wall_s": round(time.time() - t0, 1),
+    record({"who": "trainframe+graphs" if cuda_graphs else "trainframe", "shape": name, "data": data, "repeat": repeat, "wall_s": round(time.time() - t0, 1),
             "command": "trainframe bench throughput configs/bench-ref.yaml " + " ".join(overrides)
             + f" --steps {STEPS} --warmup {WARMUP} --data {data} --json", **r})
     free()
@@ -92,6 +94,8 @@ for shape in [] if TABLE_ONLY else RUN_ORDER:
                 "peak_mem_gb": r["mem_GB"]})
         free()
     ours(shape, "random")
+    if CUDA:  # CUDA graphs need CUDA
+        ours(shape, "random", cuda_graphs=True)
     if shape == DATA_SHAPE:
         for repeat in range(DATA_REPEATS):
             if repeat:
@@ -110,14 +114,20 @@ def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
 
-lines = ["| shape | reference tok/s | trainframe tok/s | ratio | ref MFU | trainframe MFU | ref mem GB | trainframe mem GB |",
-         "|---|---|---|---|---|---|---|---|"]
+def ratio(a, b):
+    return a["tokens_per_s"] / b["tokens_per_s"] if a and b else None
+
+
+lines = ["| shape | reference tok/s | trainframe tok/s | ratio | ref MFU | trainframe MFU | ref mem GB | trainframe mem GB "
+         "| + CUDA graphs tok/s | ratio | MFU | mem GB (reserved) |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for shape in SHAPES:
-    ref, tf = find("reference", shape[0]), find("trainframe", shape[0])
-    ratio = tf["tokens_per_s"] / ref["tokens_per_s"] if ref and tf else None
+    ref, tf, cg = (find(who, shape[0]) for who in ("reference", "trainframe", "trainframe+graphs"))
     lines.append(f"| {shape[0]} | {fmt(ref and ref['tokens_per_s'], ',.0f')} | {fmt(tf and tf['tokens_per_s'], ',.0f')} "
-                 f"| {fmt(ratio, '.3f')} | {fmt(ref and ref['mfu'], '.1%')} | {fmt(tf and tf['mfu'], '.1%')} "
-                 f"| {fmt(ref and ref['peak_mem_gb'], '.1f')} | {fmt(tf and tf['peak_mem_gb'], '.1f')} |")
+                 f"| {fmt(ratio(tf, ref), '.3f')} | {fmt(ref and ref['mfu'], '.1%')} | {fmt(tf and tf['mfu'], '.1%')} "
+                 f"| {fmt(ref and ref['peak_mem_gb'], '.1f')} | {fmt(tf and tf['peak_mem_gb'], '.1f')} "
+                 f"| {fmt(cg and cg['tokens_per_s'], ',.0f')} | {fmt(ratio(cg, ref), '.3f')} | {fmt(cg and cg['mfu'], '.1%')} "
+                 f"| {fmt(cg and cg['peak_mem_gb'], '.1f')} |")
 lines += ["", f"| data ({DATA_SHAPE[0]}) | random tok/s | real tok/s (tinyshakespeare, textfile, bytes) | real / random |",
           "|---|---|---|---|"]
 for repeat in range(DATA_REPEATS):

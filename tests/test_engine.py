@@ -259,6 +259,7 @@ def test_train_leaves_a_complete_run_dir_and_generates(tiny_config, tmp_path):
     (["data.path=/nonexistent/corpus.txt"], "data.path: no file matches '/nonexistent/corpus.txt'"),
     (["tokenizer.name=nope"], "command line: tokenizer.name: unknown tokenizer 'nope'"),
     (["callbacks=[{name: not_installed}]"], "command line: callbacks.0.name: unknown callback 'not_installed'"),
+    (["trainer.cuda_graphs=true"], "trainer.cuda_graphs needs a CUDA device and trainer.compile on (this run: cpu"),
 ])
 def test_cli_bad_input_exits_2(tiny_config, tmp_path, overrides, message):
     result = run_cli("train", tiny_config, "--run-dir", tmp_path / "run", *overrides)
@@ -292,3 +293,20 @@ def test_deterministic_switch_runs_and_changes_nothing_on_cpu(tiny_config, tmp_p
         result = run_cli("train", tiny_config, "--run-dir", run, "trainer.max_steps=8", *extra)
         assert result.returncode == 0, result.stderr
     assert train_losses(plain) == train_losses(det)
+
+
+def test_cuda_graphs_only_where_replay_is_correct():
+    # Replays overwrite their outputs: accumulated gradients would be overwritten, DDP hooks run outside.
+    from trainframe.config import TrainerConfig
+    from trainframe.engine.distributed import World
+    from trainframe.engine.loop import _check_cuda_graphs
+
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    _check_cuda_graphs(TrainerConfig(cuda_graphs=True), True, cuda, World())
+    for config, compiled, world, message in [
+        (TrainerConfig(cuda_graphs=True, grad_accum=4), True, World(), "needs trainer.grad_accum=1 \\(got 4\\)"),
+        (TrainerConfig(cuda_graphs=True), True, World(rank=0, local_rank=0, size=2), "one process only"),
+        (TrainerConfig(cuda_graphs=True), False, World(), "this run: cuda, compile off"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            _check_cuda_graphs(config, compiled, cuda, world)

@@ -120,11 +120,10 @@ def _warm_up(trainer) -> None:
     """Compile (or otherwise initialise) the train and forward-only paths on a val batch before
     the clock starts, so no controller pays for it; the weights and the data position are unchanged."""
     x, y = trainer._to_device(next(iter(trainer.dataset.val_batches(trainer.config.trainer.batch_size, 1))))
-    with trainer.autocast:
-        trainer.forward_model(x, y).backward()
+    trainer.forward(x, y).backward()
     trainer.optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad(), trainer.autocast:
-        trainer.forward_model(x, y)
+    with torch.no_grad():
+        trainer.forward(x, y)
     val_loss(trainer)
     _sync(trainer.device)
 

@@ -94,9 +94,13 @@ class Trainer:
         if device.type == "cuda":  # TF32 for the float32 matmuls that autocast leaves (and fp32 runs)
             torch.backends.cuda.matmul.allow_tf32 = True
         use_compile = t.compile if t.compile is not None else device.type == "cuda"
+        self.cuda_graphs = t.cuda_graphs
+        if t.cuda_graphs:
+            _check_cuda_graphs(t, use_compile, device, self.world)
         # DDP or FSDP2 around the model when world.size > 1 (see engine/build.py), else the model
         self.wrapped_model = wrapped_model if wrapped_model is not None else model
-        self.forward_model = torch.compile(self.wrapped_model) if use_compile else self.wrapped_model
+        self.forward_model = (torch.compile(self.wrapped_model, mode="reduce-overhead" if t.cuda_graphs else None)
+                              if use_compile else self.wrapped_model)
         self.sharded = self.world.distributed and t.distributed == "fsdp2"
         # Host values per step only where something needs them each step (see the module docstring).
         # (Not under FSDP2: its sharded parameters and a plain found_inf flag do not mix in the kernel.)
@@ -229,14 +233,21 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for i, ((x, y), n) in enumerate(zip(batches, counts)):
             self.hook.trainframe_batch_ready(trainer=self, batch=(x, y))
-            with self.autocast, self._grad_sync(backward and i == len(batches) - 1):
-                loss = self.forward_model(x, y)
+            with self._grad_sync(backward and i == len(batches) - 1):
+                loss = self.forward(x, y)
             self.hook.trainframe_after_loss(trainer=self, loss=loss)
             weighted = loss.float() * (n / total)
             if backward:
                 weighted.backward()
             loss_sum += weighted.detach()
         return distributed.mean(loss_sum, self.world)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one micro-batch through the (compiled, wrapped) model, under autocast."""
+        if self.cuda_graphs:  # a new replay: the last one's outputs (loss, gradients) have been used
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.autocast:
+            return self.forward_model(x, y)
 
     def _grad_sync(self, sync: bool):
         """Gradients are reduced across ranks on the last micro-batch only (``no_sync`` before)."""
@@ -353,6 +364,12 @@ class Trainer:
             return None
         return tokens_per_s / self.world.size * self.flops_per_token / self.peak_flops
 
+    def peak_mem_gb(self) -> float:
+        """Peak CUDA memory since the last reset of the peak, GB: of tensors, or under CUDA graphs of
+        the allocator's reservation, since the graphs' tensors live in a pool reserved once at capture."""
+        peak = torch.cuda.max_memory_reserved if self.cuda_graphs else torch.cuda.max_memory_allocated
+        return peak(self.device) / 1e9
+
     def _log_train(self, metrics: dict) -> None:
         now = time.perf_counter()
         t0, tok0 = self._window_start
@@ -364,7 +381,7 @@ class Trainer:
         if mfu is not None:
             row["mfu"] = mfu
         if self.device.type == "cuda":
-            row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+            row["peak_mem_gb"] = self.peak_mem_gb()
         self.hook.trainframe_log(trainer=self, step=self.step, metrics=row)
 
     # ----------------------------------------------------------------------------- eval, sample
@@ -401,8 +418,7 @@ class Trainer:
         sums = torch.zeros(2, device=self.device)
         for batch in batches:
             x, y = self._to_device(batch)
-            with self.autocast:
-                loss = self.forward_model(x, y)
+            loss = self.forward(x, y)
             n = (y != -1).sum()
             sums += torch.stack([loss.float() * n, n.float()])
         return sums
@@ -533,6 +549,20 @@ class Trainer:
         if self.world.is_main:
             truncate_metrics(self.run_dir, self.step)
         return path, state["loop"]["max_steps"]
+
+
+def _check_cuda_graphs(t, use_compile: bool, device: torch.device, world: World) -> None:
+    """Where CUDA graph replay is correct: the graphs' outputs, gradients included, live in memory
+    that the next replay overwrites, so a second micro-batch's backward would overwrite the first's
+    gradients instead of adding to them; DDP's all-reduce hooks run outside the graphs."""
+    if device.type != "cuda" or not use_compile:
+        raise UserError(f"trainer.cuda_graphs needs a CUDA device and trainer.compile on (this run: {device.type}, "
+                        f"compile {'on' if use_compile else 'off'}); set trainer.cuda_graphs=false")
+    if t.grad_accum != 1:
+        raise UserError(f"trainer.cuda_graphs needs trainer.grad_accum=1 (got {t.grad_accum}): raise "
+                        "trainer.batch_size instead, or set trainer.cuda_graphs=false")
+    if world.distributed:
+        raise UserError("trainer.cuda_graphs runs in one process only; set trainer.cuda_graphs=false under torchrun")
 
 
 def check_run_dir(run_dir: Path) -> None:
