@@ -5,7 +5,8 @@ REF_DIR names the folder holding the hand-written reference loop ref_gpt.py (def
 
 One GPU, one process: the reference loop (ref_gpt.py) and `trainframe bench throughput`
 (the same function, trainframe.bench.run_bench), with its defaults and with trainer.cuda_graphs=true,
-at each shape, interleaved, then real vs random data at one shape. Writes OUT/results.jsonl (one line per run, as soon as it ends) and OUT/table.md.
+at each shape, interleaved, then real vs random data at one shape. Writes OUT/results.jsonl (one
+line per run, as soon as it ends) and OUT/table.md.
 Real and random data are compared at 768d x 10L, batch 64, twice each and interleaved: that shape
 is bound by the GPU, so run-to-run noise is well under the 2% to be resolved. At the launch-bound
 384d batch-32 shape (~12 ms a step) the same run scattered by 10-25% between repeats. The data
@@ -69,7 +70,8 @@ def ours(shape, data, repeat=0, cuda_graphs=False):
         overrides.append("trainer.cuda_graphs=true")
     t0 = time.time()
     r = run_bench("configs/bench-ref.yaml", overrides, STEPS, WARMUP, data, plugins)
-    record({"who": "trainframe+graphs" if cuda_graphs else "trainframe", "shape": name, "data": data, "repeat": repeat, "wall_s": round(time.time() - t0, 1),
+    who = "trainframe+graphs" if cuda_graphs else "trainframe"
+    record({"who": who, "shape": name, "data": data, "repeat": repeat, "wall_s": round(time.time() - t0, 1),
             "command": "trainframe bench throughput configs/bench-ref.yaml " + " ".join(overrides)
             + f" --steps {STEPS} --warmup {WARMUP} --data {data} --json", **r})
     free()
@@ -118,8 +120,8 @@ def ratio(a, b):
     return a["tokens_per_s"] / b["tokens_per_s"] if a and b else None
 
 
-lines = ["| shape | reference tok/s | trainframe tok/s | ratio | ref MFU | trainframe MFU | ref mem GB | trainframe mem GB "
-         "| + CUDA graphs tok/s | ratio | MFU | mem GB (reserved) |",
+lines = [("| shape | reference tok/s | trainframe tok/s | ratio | ref MFU | trainframe MFU | ref mem GB | trainframe mem GB "
+          "| + CUDA graphs tok/s | ratio | MFU | mem GB (reserved) |"),
          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for shape in SHAPES:
     ref, tf, cg = (find(who, shape[0]) for who in ("reference", "trainframe", "trainframe+graphs"))
