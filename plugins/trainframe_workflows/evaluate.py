@@ -16,6 +16,8 @@ from .schema_tokenizer.yaml_loader import load_document
 
 ROWS = [  # (key, label) in table order
     ("count", "samples"),
+    ("finished", "finished"),
+    ("budget_closed", "closed by budget"),
     ("decoded", "decoded"),
     ("yaml_valid", "valid YAML"),
     ("schema_valid", "schema-valid"),
@@ -96,6 +98,7 @@ def evaluate_dir(d: Path, validator, use_actionlint: bool = True) -> dict:
         "has_on_and_jobs": on_jobs, "distinct": len(docs),
         "mean_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None,
         "finished": sum(bool(r.get("finished")) for r in rows) if rows is not None else None,
+        "budget_closed": sum(bool(r.get("budget_closed")) for r in rows) if rows is not None else None,
         "actionlint_clean": None, "actionlint_findings": None,
     }
     lint = actionlint_findings(files) if use_actionlint else None

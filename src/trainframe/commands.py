@@ -281,7 +281,9 @@ def sample_documents(model, tokenizer, start: list[int], prompt: list[int], n: i
     """Yield (new ids, finished) for ``n`` samples continuing ``start + prompt``.
 
     A sample is finished when it emits the tokenizer's ``eos_id`` (``pad_id`` for tokenizers whose
-    documents end in padding). ``constrained`` masks every step with ``allowed_next(prompt + new)``.
+    documents end in padding). ``constrained`` masks every step with ``allowed_next(prompt + new)``;
+    a tokenizer that also has ``closing_cost`` gets the tokens left as ``budget``, so every sample
+    closes within ``max_tokens``, its end token included.
     """
     stop = getattr(tokenizer, "eos_id", None)
     stop = getattr(tokenizer, "pad_id", None) if stop is None else stop
@@ -289,12 +291,18 @@ def sample_documents(model, tokenizer, start: list[int], prompt: list[int], n: i
     if constrained:
         if not hasattr(tokenizer, "allowed_next"):
             raise UserError(f"--constrained: the tokenizer {type(tokenizer).__name__} has no allowed_next")
-        skip = len(start)
-        allowed = lambda row: tokenizer.allowed_next(row[skip:])
+        skip, base = len(start), len(start) + len(prompt)
+        if hasattr(tokenizer, "closing_cost") and stop is not None:
+            allowed = lambda row: tokenizer.allowed_next(row[skip:], budget=max_tokens - 1 - (len(row) - base))
+        else:
+            allowed = lambda row: tokenizer.allowed_next(row[skip:])
         try:
             allowed(start + prompt)
         except ValueError as e:
             raise UserError(f"--constrained: the prompt cannot be completed: {e}") from None
+        if hasattr(tokenizer, "closing_cost") and (need := tokenizer.closing_cost(prompt) + 1) > max_tokens:
+            raise UserError(f"--max-tokens: {max_tokens} is too few: the shortest complete document from this "
+                            f"prompt takes {need} more tokens, its end token included")
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     context = start + prompt
@@ -349,6 +357,8 @@ def generate_main(args: argparse.Namespace) -> int:
         for i, (new, finished) in enumerate(samples, 1):
             row = {"sample": i, "file": None, "tokens": len(prompt) + len(new), "prompt_tokens": len(prompt),
                    "finished": finished, "error": None}
+            if args.constrained and hasattr(tokenizer, "budget_limited"):
+                row["budget_closed"] = tokenizer.budget_limited(prompt, new, args.max_tokens - 1)
             try:
                 text, suffix = _render(tokenizer, prompt + new, prompt_text, new)
             except ValueError as e:
@@ -370,8 +380,9 @@ def generate_main(args: argparse.Namespace) -> int:
     if args.out is not None:
         write_text_atomic(args.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         decoded = sum(r["file"] is not None for r in rows)
-        print(f"{len(rows)} samples, {decoded} decoded, {sum(r['finished'] for r in rows)} finished; "
-              f"written to {args.out}")
+        closed = sum(bool(r.get("budget_closed")) for r in rows)
+        print(f"{len(rows)} samples, {decoded} decoded, {sum(r['finished'] for r in rows)} finished"
+              + (f" ({closed} closed early to fit --max-tokens)" if closed else "") + f"; written to {args.out}")
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .budget import Budget
 from .codec import Encoder, SchemaDecodeError, SchemaEncodeError, StreamDecoder, Tables
 from .grammar import Compiler
 from .vocab import Vocab, schema_fingerprint
@@ -99,6 +100,7 @@ class SchemaTokenizer(WorkflowText):
         self.schema_fingerprint = schema_fingerprint(self.schema)
         self._encoder = Encoder(self.vocab)
         self._tables: Tables | None = None
+        self._budget: Budget | None = None
         self._streams: OrderedDict[tuple, StreamDecoder] = OrderedDict()
 
     # -- the tct API ---------------------------------------------------------------------------
@@ -164,12 +166,48 @@ class SchemaTokenizer(WorkflowText):
         """A decoder to advance token by token (``feed``), asking ``allowed()`` before each step."""
         return StreamDecoder(self.root, self.tables)
 
-    def allowed_next(self, prefix_tokens: Sequence[int]) -> np.ndarray:
+    @property
+    def budget(self) -> Budget:
+        if self._budget is None:
+            self._budget = Budget(self.tables)
+        return self._budget
+
+    def allowed_next(self, prefix_tokens: Sequence[int], budget: int | None = None) -> np.ndarray:
         """Boolean mask (length vocab_size) of tokens that keep the prefix completable.
 
+        ``budget``: the document tokens that may still follow, the next one included; only tokens
+        after which the document can still be completed within them are allowed (see ``budget``).
         The decoder state of recent prefixes is kept, so calling this with a prefix one token
         longer than a previous call costs one step, not a re-decode.
         """
+        d = self._decoder(prefix_tokens)
+        if budget is None:
+            return d.allowed().copy()
+        return self.budget.mask(d, d.allowed(), budget)[0].copy()
+
+    def closing_cost(self, prefix_tokens: Sequence[int]) -> int:
+        """The fewest tokens that complete the document after ``prefix_tokens`` (0 if complete)."""
+        return self.budget.closing_cost(self._decoder(prefix_tokens))
+
+    def budget_limited(self, prompt: Sequence[int], new: Sequence[int], budget: int) -> bool:
+        """Did the budget narrow any step of ``new`` (sampled after ``prompt`` with ``budget``)?"""
+        d = self._fresh(prompt)  # fed here: the cached decoders stay as they are
+        for i, t in enumerate(new):
+            if d.done:
+                break
+            if self.budget.mask(d, d.allowed(), budget - i)[1]:
+                return True
+            d.feed(t)
+        return False
+
+    def _fresh(self, tokens: Sequence[int]) -> StreamDecoder:
+        d = self.stream()
+        for t in tokens:
+            d.feed(t)
+        return d
+
+    def _decoder(self, prefix_tokens: Sequence[int]) -> StreamDecoder:
+        """The decoder after ``prefix_tokens``, from the cache of recent prefixes when it can."""
         key = tuple(int(t) for t in prefix_tokens)
         d = self._streams.get(key)
         if d is None:
@@ -189,7 +227,7 @@ class SchemaTokenizer(WorkflowText):
                 self._streams.popitem(last=False)
         else:
             self._streams.move_to_end(key)
-        return d.allowed().copy()
+        return d
 
 
 def _open_path(d: StreamDecoder) -> tuple:
