@@ -212,9 +212,15 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=None,
                    help="text to continue (default: a new document; a newline for text tokenizers)")
     p.add_argument("--prefix-from", type=Path, metavar="FILE",
-                   help="continue this document from its first --prefix-tokens tokens (completion)")
+                   help="complete the document this file begins, as typed so far (it need not parse: the "
+                        "longest run of leading lines the tokenizer can continue is kept; constrained); "
+                        "with --prefix-tokens, continue the whole file's first K tokens instead")
     p.add_argument("--prefix-tokens", type=int, default=None, metavar="K",
-                   help="how many tokens of --prefix-from to keep (default: all)")
+                   help="how many tokens of --prefix-from's encoding to keep")
+    p.add_argument("--infill", type=Path, metavar="FILE",
+                   help="regenerate the value at --at in this document from everything before and after it "
+                        "(a run trained with fill-in-the-middle; constrained: the document stays valid)")
+    p.add_argument("--at", metavar="PATH", help="with --infill: where, e.g. jobs.build.steps[2] or jobs.test")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=1, help="number of samples (default 1)")
     p.add_argument("--batch-size", type=int, default=16, help="samples drawn at once (default 16)")
     p.add_argument("--out", type=Path, metavar="DIR",
@@ -255,13 +261,23 @@ def load_run_model(run_dir: Path, which: str = "latest", device: str = "auto", p
     return cfg, tokenizer, model.to(pick_device(device)).eval()
 
 
+def _read_text(path: Path, flag: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{flag}: {path}: cannot read: {e}") from None
+
+
 def _prompt(args: argparse.Namespace, tokenizer) -> tuple[list[int], str]:
     """(prompt ids, prompt text to print before the sample; None: decode the prompt ids with it)."""
     if args.prefix_from is not None:
-        try:
-            text = args.prefix_from.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"--prefix-from: {args.prefix_from}: cannot read: {e}") from None
+        text = _read_text(args.prefix_from, "--prefix-from")
+        if args.prefix_tokens is None and hasattr(tokenizer, "encode_typed"):
+            ids, used = tokenizer.encode_typed(text)
+            lines = len(text.splitlines())
+            print(f"completing {args.prefix_from} from its first {used} of {lines} lines ({len(ids)} tokens)",
+                  file=sys.stderr)
+            return ids, None
         try:
             ids = list(tokenizer.encode(text))
         except ValueError as e:
@@ -277,18 +293,23 @@ def _prompt(args: argparse.Namespace, tokenizer) -> tuple[list[int], str]:
 
 def sample_documents(model, tokenizer, start: list[int], prompt: list[int], n: int, *, max_tokens: int,
                      batch_size: int = 16, constrained: bool = False, temperature: float = 0.8,
-                     top_k: int | None = 50, top_p: float | None = None, seed: int = 0, progress=None):
+                     top_k: int | None = 50, top_p: float | None = None, seed: int = 0, progress=None,
+                     allowed_new=None):
     """Yield (new ids, finished) for ``n`` samples continuing ``start + prompt``.
 
     A sample is finished when it emits the tokenizer's ``eos_id`` (``pad_id`` for tokenizers whose
     documents end in padding). ``constrained`` masks every step with ``allowed_next(prompt + new)``;
     a tokenizer that also has ``closing_cost`` gets the tokens left as ``budget``, so every sample
-    closes within ``max_tokens``, its end token included.
+    closes within ``max_tokens``, its end token included. ``allowed_new(new ids)``: a mask
+    function of the new tokens alone, used instead (an infill's middle).
     """
     stop = getattr(tokenizer, "eos_id", None)
     stop = getattr(tokenizer, "pad_id", None) if stop is None else stop
     allowed = None
-    if constrained:
+    if allowed_new is not None:
+        base = len(start) + len(prompt)
+        allowed = lambda row: allowed_new(row[base:])  # noqa: E731
+    elif constrained:
         if not hasattr(tokenizer, "allowed_next"):
             raise UserError(f"--constrained: the tokenizer {type(tokenizer).__name__} has no allowed_next")
         skip, base = len(start), len(start) + len(prompt)
@@ -338,10 +359,26 @@ def generate_main(args: argparse.Namespace) -> int:
         raise UserError("--prompt and --prefix-from: give one of them")
     if args.out is not None and args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise UserError(f"--out: {args.out} exists and is not an empty directory; choose a new one")
+    if (args.infill is None) != (args.at is None):
+        raise UserError("--infill and --at: give both (the document, and the path of the value to regenerate)")
+    if args.infill is not None and (args.prefix_from is not None or args.prompt is not None):
+        raise UserError("--infill: leave out --prompt and --prefix-from")
     cfg, tokenizer, model = load_run_model(args.run_dir, args.checkpoint, args.device)
     _, data_cfg = cfg.component("data")
     start = list(data_cfg.start_tokens(tokenizer)) if hasattr(data_cfg, "start_tokens") else []
-    prompt, prompt_text = _prompt(args, tokenizer)
+    infill = None
+    if args.infill is not None:
+        if not (hasattr(tokenizer, "infill") and hasattr(data_cfg, "layout")):
+            raise UserError(f"--infill: the run's tokenizer {type(tokenizer).__name__} and dataset cannot fill in "
+                            "the middle")
+        infill = tokenizer.infill(_read_text(args.infill, "--infill"), args.at,
+                                  data_cfg.layout(tokenizer, model.config.context), args.max_tokens)
+        start, prompt, prompt_text = infill.prompt, [], None
+    else:
+        prompt, prompt_text = _prompt(args, tokenizer)
+    if infill is not None or (args.prefix_from is not None and args.prefix_tokens is None
+                              and hasattr(tokenizer, "encode_typed")):
+        args.constrained = True  # a completion or an infill must come back as a valid document
     if not start and not prompt:  # a text model: continue a newline, as before
         prompt_text = "\n"
         prompt = list(tokenizer.encode(prompt_text)) or [tokenizer.eos_id]
@@ -352,12 +389,15 @@ def generate_main(args: argparse.Namespace) -> int:
     samples = sample_documents(model, tokenizer, start, prompt, args.n, max_tokens=args.max_tokens,
                                batch_size=args.batch_size, constrained=args.constrained,
                                temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                               seed=args.seed, progress=show and show.advance)
+                               seed=args.seed, progress=show and show.advance,
+                               allowed_new=infill.allowed if infill is not None and args.constrained else None)
     try:
         for i, (new, finished) in enumerate(samples, 1):
+            if infill is not None:  # the middle goes back into the document
+                new = infill.document(new)
             row = {"sample": i, "file": None, "tokens": len(prompt) + len(new), "prompt_tokens": len(prompt),
                    "finished": finished, "error": None}
-            if args.constrained and hasattr(tokenizer, "budget_limited"):
+            if args.constrained and infill is None and hasattr(tokenizer, "budget_limited"):
                 row["budget_closed"] = tokenizer.budget_limited(prompt, new, args.max_tokens - 1)
             try:
                 text, suffix = _render(tokenizer, prompt + new, prompt_text, new)

@@ -73,6 +73,15 @@ class Encoder:
     def __init__(self, vocab: Vocab | None, collect: Callable[[str, str], None] | None = None) -> None:
         self.vocab = vocab
         self.collect = collect  # training hook: sees every emitted string and its role
+        # Where each value's tokens lie, {path: (start, end)}, and where each object entry or array
+        # item starts (its key or continue token), {path: start}; filled when not None.
+        self.spans: dict[tuple, tuple[int, int]] | None = None
+        self.entries: dict[tuple, int] | None = None
+        # Prefix encoding (a document being typed): the containers on these paths are still open,
+        # so their required keys, minimum sizes and checks are not asked for yet; the value at
+        # ``open_leaf`` is unfinished (None: not begun; a string: no END yet).
+        self.open_paths: frozenset[tuple] = frozenset()
+        self.open_leaf: tuple | None = None
 
     def encode(self, node: Node, value: Any) -> list[int]:
         out: list[int] = []
@@ -93,7 +102,15 @@ class Encoder:
         out.append(END)
 
     def value(self, node: Node, v: Any, out: list[int], path: tuple) -> None:
+        mark = len(out)
+        self._value(node, v, out, path)
+        if self.spans is not None:
+            self.spans[path] = (mark, len(out))
+
+    def _value(self, node: Node, v: Any, out: list[int], path: tuple) -> None:
         kind = node.kind
+        if v is None and path == self.open_leaf:
+            return  # a key typed, its value not begun: the model writes the value
         if kind == "union":
             t = json_type(v)
             cands = node.by_type.get(t)
@@ -118,6 +135,9 @@ class Encoder:
         if kind == "str":
             if not isinstance(v, str):
                 raise SchemaEncodeError(path, f"expected string, got {json_type(v)}")
+            if path == self.open_leaf and self.vocab is not None:  # being typed: no END, no dictionary
+                out.extend(self.vocab.encode_content(v))
+                return
             why = node.spec.check(v)
             if why:
                 raise SchemaEncodeError(path, why)
@@ -127,14 +147,17 @@ class Encoder:
         elif kind == "arr":
             if not isinstance(v, list):
                 raise SchemaEncodeError(path, f"expected array, got {json_type(v)}")
-            if len(v) < node.min_items:
+            if len(v) < node.min_items and path not in self.open_paths:
                 raise SchemaEncodeError(path, f"expected at least {node.min_items} items, got {len(v)}")
             if node.max_items is not None and len(v) > node.max_items:
                 raise SchemaEncodeError(path, f"expected at most {node.max_items} items, got {len(v)}")
             for i, item in enumerate(v):
+                if self.entries is not None:
+                    self.entries[path + (i,)] = len(out)
                 out.append(1)
                 self.value(node.item(i), item, out, path + (i,))
-            out.append(0)
+            if path not in self.open_paths:
+                out.append(0)
         elif kind == "enum":
             i = node.index.get(json_key(v))
             if i is None:
@@ -163,6 +186,8 @@ class Encoder:
                 raise SchemaEncodeError(path, f"expected null, got {json_type(v)}")
         else:
             raise SchemaEncodeError(path, "no value is allowed here")
+        if path in self.open_paths:
+            return
         for message, ok in node.checks:
             if not ok(v):
                 raise SchemaEncodeError(path, message)
@@ -176,19 +201,24 @@ class Encoder:
                 allowed = ", ".join(node.names[:12]) + (", ..." if len(node.names) > 12 else "")
                 raise SchemaEncodeError(path, f"unexpected key {key!r} (allowed: {allowed or 'none'})")
         pred = node.predicate
-        if pred is not None and not pred.holds(pred.mask(v)):
+        if path in self.open_paths:  # keys still to come: what is there must only leave a way open
+            if pred is not None and not pred.viable(pred.mask(v)):
+                raise SchemaEncodeError(path, f"this combination of keys is not allowed: {', '.join(v)}")
+        elif pred is not None and not pred.holds(pred.mask(v)):
             missing = [k for k in pred.atoms if k not in v and all(m & pred.bit[k] for m in pred.sat)]
             if missing:
                 raise SchemaEncodeError(path, f"missing required key {missing[0]!r}")
             present = [k for k in pred.atoms if k in v]
             raise SchemaEncodeError(path, f"this combination of keys is not allowed: {', '.join(present) or 'none'}")
-        if len(v) < node.min_props:
+        if len(v) < node.min_props and path not in self.open_paths:
             raise SchemaEncodeError(path, f"expected at least {node.min_props} keys, got {len(v)}")
         if node.max_props is not None and len(v) > node.max_props:
             raise SchemaEncodeError(path, f"expected at most {node.max_props} keys, got {len(v)}")
         n = len(node.names) + 2
         free = len(node.names) + 1
         for key, val in v.items():  # document order: generated files read like written ones
+            if self.entries is not None:
+                self.entries[path + (key,)] = len(out)
             i = index.get(key)
             if i is not None:
                 _choice_tokens(i + 1, n, out)
@@ -196,7 +226,8 @@ class Encoder:
                 _choice_tokens(free, n, out)
                 self.string(key, out, "key")
             self.value(node.value_node(key), val, out, path + (key,))
-        _choice_tokens(0, n, out)
+        if path not in self.open_paths:
+            _choice_tokens(0, n, out)
 
 
 _VALIDATOR = Encoder(None)

@@ -149,6 +149,20 @@ class SchemaTokenizer(WorkflowText):
             d.feed(t)
         return d.partial(), d.done
 
+    def encode_typed(self, text: str) -> tuple[list[int], int]:
+        """(tokens, lines used) of a workflow as it is being typed: the longest run of its leading
+        lines that the schema can continue (``trainframe generate --prefix-from``)."""
+        from ..completion import encode_typed
+
+        return encode_typed(self, text)
+
+    def infill(self, text: str, at: str, layout, max_tokens: int):
+        """The fill-in-the-middle task for the value at path ``at`` of a workflow's text
+        (``trainframe generate --infill FILE --at PATH``); see ``completion.Infill``."""
+        from ..completion import infill_task
+
+        return infill_task(self, layout, text, at, max_tokens)
+
     def extract_window(self, tokens: Sequence[int], start: int, end: int) -> list[int]:
         """``[start] + tokens[start:end]``: a training window led by its position, as the wheel does."""
         if start < 0 or end < start:
