@@ -1,5 +1,5 @@
 """Registers the workflow tokenizers, the ``workflows`` dataset, the ``tokenizer check`` and
-``eval-workflows`` commands and the ``schema`` tokenizer trainer."""
+``eval-workflows`` and ``eval-completion`` commands and the ``schema`` tokenizer trainer."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from trainframe.errors import UserError
 
 from .cli import check_args, check_main, schema_train, schema_train_args
 from .dataset import WorkflowsConfig, build_workflows
+from .eval_completion import eval_completion_args, eval_completion_main
 from .evaluate import eval_args, eval_main
 from .tct import TctConfig, build_tct_tokenizer
 
@@ -59,6 +60,8 @@ def trainframe_register(registry):
                  help="GitHub workflows: cached tokens, split by repository, offset/prefix/FIM windows")
     registry.add_command("eval-workflows", run=eval_main, add_arguments=eval_args,
                          help="validity of generated workflows: YAML, schema, on/jobs, distinct, actionlint")
+    registry.add_command("eval-completion", run=eval_completion_main, add_arguments=eval_completion_args,
+                         help="held-out loss, completion at job/step/with cut points, and infill of steps and jobs")
     registry.add_command("tokenizer check", run=check_main, add_arguments=check_args,
                          help="encode a workflow collection: validity, round trip, tokens, speed")
     registry.add_tokenizer_trainer("schema", schema_train, schema_train_args,
