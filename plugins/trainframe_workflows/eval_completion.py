@@ -14,6 +14,7 @@ never trained on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -191,8 +192,9 @@ def eval_completion_main(args: argparse.Namespace) -> int:
     _, data_cfg = cfg.component("data")
     if not (hasattr(tokenizer, "infill") and hasattr(data_cfg, "layout")):
         raise UserError(f"{args.run_dir}: not a workflow model (tokenizer {type(tokenizer).__name__})")
-    result = {"run": str(args.run_dir), "data": str(args.data),
-              "held_out": held_out_loss(model, tokenizer, data_cfg, args.data, args.batch_size)}
+    with contextlib.redirect_stdout(sys.stderr):  # the dataset's log lines: stdout is for the result
+        held_out = held_out_loss(model, tokenizer, data_cfg, args.data, args.batch_size)
+    result = {"run": str(args.run_dir), "data": str(args.data), "held_out": held_out}
     docs = _documents(tokenizer, args.data)
     validator = jsonschema.Draft7Validator(tokenizer.schema)
     layout = data_cfg.layout(tokenizer, model.config.context)
