@@ -47,7 +47,8 @@ def check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="schema", choices=["schema", "tct"], help="backend (default: schema)")
     p.add_argument("--schema", default="github-workflow", help="schema name or JSON Schema file (schema backend)")
     p.add_argument("--vocab", default=None, help="vocabulary file (default: the one shipped for the schema)")
-    p.add_argument("--data", required=True, help=".jsonl of {'yaml': ...} rows, a directory, or one file")
+    p.add_argument("--data", required=True,
+                   help=".jsonl (or .jsonl.xz, .jsonl.gz) of {'yaml': ...} rows, a directory, or one file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--limit", type=int, default=None, help="only the first N documents")
     p.add_argument("--show-failures", type=int, default=20, help="encode failures listed in text output")

@@ -3,26 +3,26 @@ read as windows (see ``windowing``)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from trainframe.config import ComponentConfig
 from trainframe.data.datasets import cache_root
 from trainframe.data.shards import token_dtype
 from trainframe.errors import UserError
 
-from .corpus import corpus_files, iter_workflows
-from .schema_tokenizer.yaml_loader import load_document
+from .corpus import corpus_files, count_records, iter_records, repo_of  # noqa: F401 (repo_of for callers)
+from .corpus_cache import tokenize_corpus
 from .windowing import (
     PREFIX_MODES,
     Layout,
@@ -34,12 +34,14 @@ from .windowing import (
     window_starts,
 )
 
-CACHE_VERSION = "workflows-v2"
+CACHE_VERSION = "workflows-v3"  # v3: several paths; a .jsonl row's repository from its `repo` field
 SHOW_SKIPPED = 20  # skipped workflows named in the run log; the cache lists all
 
 
 class WorkflowsConfig(ComponentConfig):
-    path: str = Field(description="a .jsonl of workflows, a directory of .yml/.yaml/.json files, or one file")
+    path: str | list[str] = Field(
+        description="a .jsonl of workflows (or .jsonl.xz, .jsonl.gz), a directory of .yml/.yaml/.json files, "
+                    "one file, or a list of these, read in order")
     val_ratio: float = Field(0.1, ge=0, lt=1, description="share of repositories held out for validation")
     cache_dir: str | None = Field(None, description="where tokenized corpora go; default ~/.cache/trainframe")
     epoch_offset: bool = Field(False, description="shift window starts by offset_stride each epoch")
@@ -51,6 +53,24 @@ class WorkflowsConfig(ComponentConfig):
     fim_rate: float = Field(0.0, ge=0, le=1, description="share of windows that may get masked gaps")
     geometric_p: float = Field(1.0, gt=0, le=1, description="gaps per FIM window ~ Geometric(p) - 1; 1.0 = none")
     fim_max_gaps: int = Field(3, ge=1, le=16)
+    workers: int | None = Field(None, ge=1, description="processes that tokenize the corpus the first time; "
+                                "null = all cores (os.cpu_count()), 1 = this process only")
+
+    @field_validator("path")
+    @classmethod
+    def _some_path(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("expected a path or a non-empty list of paths")
+        return v
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+    @property
+    def label(self) -> str:
+        """The paths for messages: ``a.jsonl`` or ``a.jsonl + b.jsonl.xz``."""
+        return " + ".join(self.paths)
 
     @property
     def fim(self) -> bool:
@@ -67,65 +87,69 @@ class WorkflowsConfig(ComponentConfig):
 
 
 # ------------------------------------------------------------------------------------ the corpus
-def repo_of(name: str) -> str:
-    """The repository a workflow belongs to: the part before ``/.github/``, else its directory."""
-    if "/.github/" in name:
-        return name.split("/.github/")[0]
-    return os.path.dirname(name) or name
+Sources = list[tuple[Path, list[Path]]]
 
 
-def cache_key(path: Path, files: list[Path], fingerprint: str) -> str:
-    """Content hash of corpus and tokenizer: any edit to either makes a new cache entry."""
+def corpus_sources(cfg: WorkflowsConfig) -> Sources:
+    """(path, its workflow files) per entry of ``data.path``; a bad one raises UserError naming it."""
+    single = isinstance(cfg.path, str)
+    out = []
+    for i, p in enumerate(cfg.paths):
+        path = Path(p).expanduser()
+        out.append((path, corpus_files(path, "data.path: " if single else f"data.path[{i}]: ")))
+    return out
+
+
+def cache_key(sources: Sources, fingerprint: str) -> str:
+    """Content hash of corpus and tokenizer: any edit to either makes a new cache entry. Compressed
+    files are hashed as they are stored (their bytes, not what they unpack to)."""
     h = hashlib.sha256(f"{CACHE_VERSION}\0{fingerprint}\0".encode())
-    for f in files:
-        h.update(f"{f.relative_to(path) if path.is_dir() else ''}\0".encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+    for i, (path, files) in enumerate(sources):
+        h.update(f"\0path {i}\0".encode())
+        for f in files:
+            h.update(f"{f.relative_to(path) if path.is_dir() else ''}\0".encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
     return h.hexdigest()[:24]
 
 
-def _progress(items, total: int, label: str):
-    if not sys.stdout.isatty():
-        return items
-    from rich.progress import track
+def iter_corpus(sources: Sources, single: bool) -> Iterator[tuple[str, str | None, str | None, str | None]]:
+    """(name, repo, text, error) for every input of every path, in order; with several paths a
+    skipped input's name leads with its file."""
+    for i, (path, files) in enumerate(sources):
+        where = "data.path: " if single else f"data.path[{i}]: "
+        for name, repo, text, error in iter_records(path, files, where):
+            if error is not None and len(sources) > 1:
+                name = f"{path}: {name}"
+            yield name, repo, text, error
 
-    return track(items, total=total, description=label, transient=True)
 
-
-def tokenize_corpus(path: Path, files: list[Path], tokenizer, out: Path) -> None:
-    """Encode every workflow into ``out`` (tokens.bin + docs.json), atomically. Each document is
-    stored followed by its end-of-document PAD, so a window is a view into the file."""
-    if path.suffix == ".jsonl":
-        with open(path, "rb") as fh:
-            total = sum(1 for _ in fh)
-    else:
-        total = len(files)
-    docs, skipped, chunks = [], [], []
-    for name, text, error in _progress(iter_workflows(path, files), total, f"tokenizing {path.name}"):
-        if error is None:
-            try:
-                value = load_document(text)
-                ids = tokenizer.encode_value(value)
-            except (ValueError, RecursionError) as e:
-                error = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if error is not None:
-            skipped.append([name, error])
-            continue
-        chars = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
-        docs.append([name, repo_of(name), len(ids), chars])
-        chunks.append(np.asarray([*ids, tokenizer.pad_id], dtype=np.int64))  # PAD: the end-of-document target
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
-    tokens.astype(token_dtype(tokenizer.vocab_size())).tofile(tmp / "tokens.bin")
-    meta = {"version": CACHE_VERSION, "source": str(path), "dtype": token_dtype(tokenizer.vocab_size()).name,
-            "docs": docs, "skipped": skipped}
-    (tmp / "docs.json").write_text(json.dumps(meta))
+@contextlib.contextmanager
+def _entry_lock(out: Path):
+    """One process at a time tokenizes into ``out`` (the ranks of a run all open the corpus); the
+    others wait and then find the entry. Without flock (or on a filesystem without locks) no lock."""
     try:
-        os.replace(tmp, out)
-    except OSError:  # another process wrote the same entry first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = out.with_name(f".{out.name}.lock")
+    with open(lock, "a") as fh:
+        locked = True
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"data: waiting for another process tokenizing into {out}")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:  # no locks on this filesystem
+            locked = False
+        try:
+            yield
+        finally:
+            if locked and (out / "docs.json").exists():
+                lock.unlink(missing_ok=True)  # a process still waiting on it finds the entry done
 
 
 def open_corpus(cfg: WorkflowsConfig, tokenizer) -> tuple[np.ndarray, dict, Path]:
@@ -133,16 +157,29 @@ def open_corpus(cfg: WorkflowsConfig, tokenizer) -> tuple[np.ndarray, dict, Path
     if not hasattr(tokenizer, "encode_value") or not hasattr(tokenizer, "mask_id"):
         raise UserError("data 'workflows': needs a workflow tokenizer (tokenizer.name: schema or tct), "
                         f"got {type(tokenizer).__name__}")
-    path = Path(cfg.path).expanduser()
-    files = corpus_files(path, "data.path: ")
-    out = cache_root(cfg.cache_dir) / "workflows" / cache_key(path, files, tokenizer.fingerprint())
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A spawned tokenizer worker is importing the main script, which builds the dataset again.
+        raise RuntimeError("the workflows dataset was built while a worker process started: a script that "
+                           "builds it needs `if __name__ == '__main__':` (or data.workers: 1)")
+    sources = corpus_sources(cfg)
+    out = cache_root(cfg.cache_dir) / "workflows" / cache_key(sources, tokenizer.fingerprint())
     reused = (out / "docs.json").exists()
     if not reused:
-        tokenize_corpus(path, files, tokenizer, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _entry_lock(out):
+            reused = (out / "docs.json").exists()  # another process may have finished it meanwhile
+            if not reused:
+                show = sys.stdout.isatty()
+                total = sum(count_records(p, f) or 0 for p, f in sources) if show else None
+                label = f"tokenizing {', '.join(p.name for p, _ in sources)}"
+                meta = {"version": CACHE_VERSION, "source": [str(p) for p, _ in sources]}
+                tokenize_corpus(iter_corpus(sources, isinstance(cfg.path, str)), out, tokenizer,
+                                token_dtype(tokenizer.vocab_size()), workers=cfg.workers or os.cpu_count() or 1,
+                                total=total or None, label=label, meta=meta, progress=show)
     meta = json.loads((out / "docs.json").read_text())
     tokens = np.memmap(out / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r") if meta["docs"] else np.zeros(0)
     n_tok = sum(d[2] for d in meta["docs"])  # not counting the end PADs
-    print(f"data: {path}: {len(meta['docs'])} workflows, {n_tok:,} tokens, {len(meta['skipped'])} skipped "
+    print(f"data: {cfg.label}: {len(meta['docs'])} workflows, {n_tok:,} tokens, {len(meta['skipped'])} skipped "
           f"({'cached' if reused else 'tokenized'} in {out})")
     for name, reason in meta["skipped"][:SHOW_SKIPPED]:
         print(f"data: skipped {name}: {reason}")
@@ -191,7 +228,7 @@ class WorkflowWindows:
         self.epoch, self.index = 0, 0
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         if len(self._epoch(0)[1]) < 1:
-            raise UserError(f"data.path: {cfg.path}: no training windows for rank {rank} of {world_size} "
+            raise UserError(f"data.path: {cfg.label}: no training windows for rank {rank} of {world_size} "
                             f"({len(train)} training workflows)")
 
     def _windows(self, docs: np.ndarray, offset: int) -> np.ndarray:
@@ -261,7 +298,7 @@ def build_workflows(cfg: WorkflowsConfig, *, tokenizer, context: int, seed: int,
     tokens, meta, _ = open_corpus(cfg, tokenizer)
     docs = meta["docs"]
     if not docs:
-        raise UserError(f"data.path: {cfg.path}: no workflow could be encoded ({len(meta['skipped'])} skipped)")
+        raise UserError(f"data.path: {cfg.label}: no workflow could be encoded ({len(meta['skipped'])} skipped)")
     lengths = np.array([d[2] for d in docs], dtype=np.int64)
     chars = np.array([d[3] for d in docs], dtype=np.int64)
     train, val = split_docs([d[1] for d in docs], cfg.val_ratio)
