@@ -54,7 +54,7 @@ class WorkflowsConfig(ComponentConfig):
     geometric_p: float = Field(1.0, gt=0, le=1, description="gaps per FIM window ~ Geometric(p) - 1; 1.0 = none")
     fim_max_gaps: int = Field(3, ge=1, le=16)
     workers: int | None = Field(None, ge=1, description="processes that tokenize the corpus the first time; "
-                                "null = all cores (os.cpu_count()), 1 = this process only")
+                                "null = every core, at most 32; 1 = this process only")
 
     @field_validator("path")
     @classmethod
@@ -174,7 +174,8 @@ def open_corpus(cfg: WorkflowsConfig, tokenizer) -> tuple[np.ndarray, dict, Path
                 label = f"tokenizing {', '.join(p.name for p, _ in sources)}"
                 meta = {"version": CACHE_VERSION, "source": [str(p) for p, _ in sources]}
                 tokenize_corpus(iter_corpus(sources, isinstance(cfg.path, str)), out, tokenizer,
-                                token_dtype(tokenizer.vocab_size()), workers=cfg.workers or os.cpu_count() or 1,
+                                token_dtype(tokenizer.vocab_size()),
+                                workers=cfg.workers or min(os.cpu_count() or 1, 32),
                                 total=total or None, label=label, meta=meta, progress=show)
     meta = json.loads((out / "docs.json").read_text())
     tokens = np.memmap(out / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r") if meta["docs"] else np.zeros(0)

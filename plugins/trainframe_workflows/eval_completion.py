@@ -2,7 +2,8 @@
 never trained on.
 
 - **Held-out loss**: mean loss per token, perplexity and bits per (compact JSON) character over
-  every document of ``--data``, read as the validation windows are.
+  every document of ``--data`` (default: the run's validation repositories), read as the
+  validation windows are.
 - **Completion**: at cut points where an editor would ask (the start of a job, of a step, of a
   ``with:`` block), greedy constrained completion from everything before the cut: whether its
   next 16 tokens are the original's, and whether the completed document is schema-valid.
@@ -29,8 +30,9 @@ MATCH = 16  # tokens after a cut compared with the original
 
 def eval_completion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a run directory (or export) of a workflow model")
-    p.add_argument("--data", required=True, type=Path,
-                   help="workflows the model never trained on: a .jsonl(.xz/.gz), a directory or a file")
+    p.add_argument("--data", type=Path,
+                   help="workflows the model never trained on: a .jsonl(.xz/.gz), a directory or a file "
+                        "(default: the run's validation repositories)")
     p.add_argument("--cuts", type=int, default=64, help="completion cut points, drawn at random (default 64)")
     p.add_argument("--infills", type=int, default=64, help="steps and jobs to infill, FIM runs only (default 64)")
     p.add_argument("--max-tokens", type=int, default=512,
@@ -42,15 +44,15 @@ def eval_completion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _documents(tokenizer, path: Path):
-    """[(name, value, ids, spans, entries)] of the documents of ``path`` the schema accepts."""
+def _documents(tokenizer, cfg, names: set[str]):
+    """[(name, value, ids, spans, entries)] of the documents of ``cfg``'s corpus named in ``names``."""
     from .completion import encode_with_spans
-    from .corpus import iter_workflows, corpus_files
+    from .dataset import corpus_sources, iter_corpus
     from .schema_tokenizer.yaml_loader import load_document
 
     out = []
-    for name, text, error in iter_workflows(path, corpus_files(path, "--data: ")):
-        if error is not None:
+    for name, _, text, error in iter_corpus(corpus_sources(cfg), isinstance(cfg.path, str)):
+        if error is not None or name not in names:
             continue
         try:
             value = load_document(text)
@@ -81,26 +83,31 @@ def _uses(value) -> list:
     return [value["uses"]] if "uses" in value else []
 
 
-def held_out_loss(model, tokenizer, data_cfg, path: Path, batch_size: int) -> dict:
-    """Loss, perplexity and bits per character over every document of ``path``."""
+def held_out(model, tokenizer, data_cfg, path: Path | None, batch_size: int) -> tuple[dict, list]:
+    """(loss, perplexity and bits per character, the documents) of every workflow of ``path``, or
+    without it of the run's validation repositories (the windows ``trainframe eval`` reads)."""
     from trainframe.evaluate import evaluate
 
-    from .dataset import WorkflowWindows, open_corpus
+    from .dataset import WorkflowWindows, open_corpus, split_docs
 
-    cfg = data_cfg.model_copy(update={"path": str(path), "epoch_offset": False})
+    cfg = data_cfg if path is None else data_cfg.model_copy(update={"path": str(path), "epoch_offset": False})
     tokens, meta, _ = open_corpus(cfg, tokenizer)
     docs = meta["docs"]
     if not docs:
-        raise UserError(f"--data: {path}: no workflow could be encoded")
+        raise UserError(f"--data: {cfg.label}: no workflow could be encoded")
+    chosen = split_docs([d[1] for d in docs], cfg.val_ratio)[1] if path is None else np.arange(len(docs))
+    if not len(chosen):
+        raise UserError(f"{cfg.label}: the run has no validation repositories (data.val_ratio 0); pass --data")
     lengths = np.array([d[2] for d in docs], dtype=np.int64)
     chars = np.array([d[3] for d in docs], dtype=np.int64)
-    every = np.arange(len(docs))
-    windows = WorkflowWindows(tokens, lengths, chars, every, every, cfg,
+    windows = WorkflowWindows(tokens, lengths, chars, chosen, chosen, cfg,
                               cfg.layout(tokenizer, model.config.context), seed=0)
     device = next(model.parameters()).device
     loss, count, _ = evaluate(model, windows.val_batches(batch_size, sys.maxsize), device)
-    return {"documents": len(docs), "skipped": len(meta["skipped"]), "tokens": count, "loss": loss,
-            "perplexity": math.exp(min(loss, 50)), "bpc": loss / math.log(2) / windows.chars_per_token}
+    figures = {"documents": len(chosen), "repositories": len({docs[i][1] for i in chosen}),
+               "skipped": len(meta["skipped"]) if path is not None else None, "tokens": count, "loss": loss,
+               "perplexity": math.exp(min(loss, 50)), "bpc": loss / math.log(2) / windows.chars_per_token}
+    return figures, _documents(tokenizer, cfg, {docs[i][0] for i in chosen.tolist()})
 
 
 def _greedy(model, tokenizer, start, prompt, max_tokens, allowed_new=None):
@@ -193,9 +200,9 @@ def eval_completion_main(args: argparse.Namespace) -> int:
     if not (hasattr(tokenizer, "infill") and hasattr(data_cfg, "layout")):
         raise UserError(f"{args.run_dir}: not a workflow model (tokenizer {type(tokenizer).__name__})")
     with contextlib.redirect_stdout(sys.stderr):  # the dataset's log lines: stdout is for the result
-        held_out = held_out_loss(model, tokenizer, data_cfg, args.data, args.batch_size)
-    result = {"run": str(args.run_dir), "data": str(args.data), "held_out": held_out}
-    docs = _documents(tokenizer, args.data)
+        figures, docs = held_out(model, tokenizer, data_cfg, args.data, args.batch_size)
+    result = {"run": str(args.run_dir), "data": str(args.data) if args.data else "validation repositories",
+              "held_out": figures}
     validator = jsonschema.Draft7Validator(tokenizer.schema)
     layout = data_cfg.layout(tokenizer, model.config.context)
     rng = np.random.default_rng(args.seed)
@@ -209,7 +216,9 @@ def eval_completion_main(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=1))
         return 0
     h = result["held_out"]
-    print(f"{args.data}: {h['documents']} workflows ({h['skipped']} skipped), {h['tokens']:,} target tokens")
+    skipped = f", {h['skipped']} skipped" if h["skipped"] is not None else ""
+    print(f"{result['data']}: {h['documents']} workflows from {h['repositories']} repositories{skipped}, "
+          f"{h['tokens']:,} target tokens")
     print(f"held-out loss {h['loss']:.4f}   perplexity {h['perplexity']:.3f}   bits per character {h['bpc']:.4f}")
     _table("completion", result["completion"], ("match16", "valid", "finished"))
     if result["infill"] is None:
