@@ -4,7 +4,7 @@
 #               loss, completion and eval-workflows on the validation repositories
 #   fim-medium  tct-small-fim (fill in the middle) and its infills; tct-medium-512
 # usage: benchmarks/workflow_results.sh STAGE OUT [STEPS]   (run from the repository root)
-# Everything a stage writes is packed into OUT/STAGE.tar.gz. SMOKE=1 runs every command tiny, on
+# Everything a stage writes but the checkpoints is packed into OUT/STAGE.tar.gz. SMOKE=1 runs every command tiny, on
 # the CPU, to check the script.
 set -uo pipefail
 stage=$1 out=$2
@@ -19,7 +19,9 @@ else
     tiny=(trainer.cuda_graphs=true trainer.eval_every=1000)
     n=100 batch=50 cuts=64 budgets=(128 512 1024) free=1024
 fi
-log() { echo "== $(date +%T) $*" | tee -a "$work/steps.log"; }
+# Packed after every step, so a stage cut short by a time limit still returns what it finished.
+pack() { tar czf "$out/$stage.tar.gz" --exclude=runs -C "$(dirname "$work")" "$stage"; }
+log() { pack; echo "== $(date +%T) $*" | tee -a "$work/steps.log"; }
 python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" > "$work/env.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >> "$work/env.txt" 2>/dev/null
 
@@ -42,7 +44,8 @@ samples() {  # RUN NAME: constrained samples at each budget and unconstrained on
 held_out() {  # RUN NAME INFILLS: loss, completion (and infill) on the validation repositories
     log "$1: eval, eval-completion"
     trainframe eval "$1" --checkpoint best --json > "$work/$2-eval.json"
-    trainframe eval-completion "$1" --cuts $cuts --infills "$3" --json > "$work/$2-eval-completion.json"
+    trainframe eval-completion "$1" --cuts $cuts --infills "$3" --json > "$work/$2-eval-completion.json" \
+        2> "$work/$2-eval-completion.log"
 }
 
 train() {  # CONFIG NAME OVERRIDES...
@@ -86,6 +89,5 @@ PY
 *) echo "unknown stage $stage (small, fim-medium)"; exit 2 ;;
 esac
 log done
-rm -rf "$runs"
-tar czf "$out/$stage.tar.gz" -C "$(dirname "$work")" "$stage"
+pack
 ls -la "$out"

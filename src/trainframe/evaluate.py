@@ -88,7 +88,8 @@ def eval_main(args: argparse.Namespace) -> int:
     cfg, tokenizer, model = load_run_model(args.path, args.checkpoint, args.device, packed=args.packed)
     data_cfg = load_config(args.config, [], current().registry) if args.config else cfg
     device = next(model.parameters()).device
-    dataset = _dataset(cfg, data_cfg, tokenizer, model.config.context)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        dataset = _dataset(cfg, data_cfg, tokenizer, model.config.context)  # its log lines: not the JSON
     batch_size = args.batch_size or cfg.trainer.batch_size
     count = args.batches if args.batches is not None or args.split == "val" else cfg.trainer.eval_batches
     batches = _batches(dataset, args.split, batch_size, count)
