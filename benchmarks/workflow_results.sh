@@ -69,18 +69,19 @@ fim-medium)
     held_out "$runs/tct-small-fim" tct-small-fim $cuts
     log "tct-small-fim: one infill and one completion, shown"
     example=$(mktemp --suffix=.yml)
-    python3 - "$example" <<'PY'
+    python3 - "$example" "$work/typed-example.yml" <<'PY'
 import sys, yaml
 sys.path.insert(0, "plugins")
 doc = {"name": "CI", "on": {"push": {"branches": ["main"]}, "pull_request": None},
        "jobs": {"test": {"runs-on": "ubuntu-latest", "steps": [
            {"uses": "actions/checkout@v4"}, {"uses": "actions/setup-python@v5", "with": {"python-version": "3.12"}},
            {"run": "pip install -e .[test]"}, {"run": "pytest"}]}}}
-open(sys.argv[1], "w").write(yaml.safe_dump(doc, sort_keys=False))
+text = yaml.safe_dump(doc, sort_keys=False)
+open(sys.argv[1], "w").write(text)
+open(sys.argv[2], "w").write(text[: text.index("setup-py") + len("setup-py")])  # typed up to mid-word
 PY
     trainframe generate "$runs/tct-small-fim" --checkpoint best --infill "$example" --at 'jobs.test.steps[1]' \
         --n 3 --temperature 0.6 --max-tokens 128 > "$work/infill-example.txt" 2>&1
-    head -c 400 "$example" | head -n 9 > "$work/typed-example.yml"
     trainframe generate "$runs/tct-small-fim" --checkpoint best --prefix-from "$work/typed-example.yml" \
         --n 2 --temperature 0.6 --max-tokens 512 > "$work/completion-example.txt" 2>&1
     train configs/tct-medium-512.yaml tct-medium-512 trainer.max_steps="${4:-8000}" schedule.warmup_steps=500
