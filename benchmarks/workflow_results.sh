@@ -2,7 +2,8 @@
 # The runs behind docs/results.md, on one GPU:
 #   small       tct-small on both workflow corpora; 100 samples at three token budgets; held-out
 #               loss, completion and eval-workflows on the validation repositories
-#   fim-medium  tct-small-fim (fill in the middle) and its infills; tct-medium-512
+#   fim         tct-small-fim (fill in the middle): held-out loss, completion and infill
+#   medium      tct-medium-512
 # usage: benchmarks/workflow_results.sh STAGE OUT [STEPS]   (run from the repository root)
 # Everything a stage writes but the checkpoints is packed into OUT/STAGE.tar.gz. SMOKE=1 runs every command tiny, on
 # the CPU, to check the script.
@@ -64,7 +65,7 @@ small)
     samples "$runs/tct-small" tct-small
     held_out "$runs/tct-small" tct-small 0
     ;;
-fim-medium)
+fim)
     train configs/tct-small-fim.yaml tct-small-fim trainer.max_steps="${3:-10000}"
     held_out "$runs/tct-small-fim" tct-small-fim $cuts
     log "tct-small-fim: one infill and one completion, shown"
@@ -84,10 +85,12 @@ PY
         --n 3 --temperature 0.6 --max-tokens 128 > "$work/infill-example.txt" 2>&1
     trainframe generate "$runs/tct-small-fim" --checkpoint best --prefix-from "$work/typed-example.yml" \
         --n 2 --temperature 0.6 --max-tokens 512 > "$work/completion-example.txt" 2>&1
-    train configs/tct-medium-512.yaml tct-medium-512 trainer.max_steps="${4:-8000}" schedule.warmup_steps=500
-    held_out "$runs/tct-medium-512" tct-medium-512 0
     ;;
-*) echo "unknown stage $stage (small, fim-medium)"; exit 2 ;;
+medium)
+    train configs/tct-medium-512.yaml tct-medium-512 trainer.max_steps="${3:-8000}" schedule.warmup_steps=500
+    trainframe eval "$runs/tct-medium-512" --checkpoint best --json > "$work/tct-medium-512-eval.json"
+    ;;
+*) echo "unknown stage $stage (small, fim, medium)"; exit 2 ;;
 esac
 log done
 pack
