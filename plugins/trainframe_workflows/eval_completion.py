@@ -6,7 +6,8 @@ never trained on.
   validation windows are.
 - **Completion**: at cut points where an editor would ask (the start of a job, of a step, of a
   ``with:`` block), greedy constrained completion from everything before the cut: whether its
-  next 16 tokens are the original's, and whether the completed document is schema-valid.
+  next 16 tokens are the original's (and how many of them agree before the first difference), and
+  whether the completed document is schema-valid.
 - **Infill** (runs trained with FIM): a step or a job is regenerated from everything around it:
   exact match, schema validity of the whole document, and whether the same actions (``uses:``)
   were chosen.
@@ -137,9 +138,10 @@ def completion_scores(model, tokenizer, start, docs, validator, cuts: int, max_t
                 valid = validator.is_valid(tokenizer.decode_value(ids[:cut] + new)[0])
             except ValueError:
                 valid = False
-        by_kind.setdefault(kind, []).append((new[: len(target)] == target, valid, finished))
+        agree = next((i for i, (a, b) in enumerate(zip(new, target)) if a != b), min(len(new), len(target)))
+        by_kind.setdefault(kind, []).append((new[: len(target)] == target, agree, valid, finished))
         progress()
-    return _summary(by_kind, ("match16", "valid", "finished"))
+    return _summary(by_kind, ("match16", "agree", "valid", "finished"))
 
 
 def infill_scores(model, tokenizer, layout, docs, validator, count: int, max_tokens: int, rng, progress) -> dict:
@@ -172,7 +174,7 @@ def infill_scores(model, tokenizer, layout, docs, validator, count: int, max_tok
 
 def _summary(by_kind: dict, names: tuple) -> dict:
     """Shares per kind and overall; a None (not applicable) is left out of its share."""
-    def shares(rows):
+    def shares(rows):  # "agree" is a mean count of tokens, the rest are shares
         out = {"count": len(rows)}
         for i, name in enumerate(names):
             vals = [r[i] for r in rows if r[i] is not None]
@@ -220,7 +222,7 @@ def eval_completion_main(args: argparse.Namespace) -> int:
     print(f"{result['data']}: {h['documents']} workflows from {h['repositories']} repositories{skipped}, "
           f"{h['tokens']:,} target tokens")
     print(f"held-out loss {h['loss']:.4f}   perplexity {h['perplexity']:.3f}   bits per character {h['bpc']:.4f}")
-    _table("completion", result["completion"], ("match16", "valid", "finished"))
+    _table("completion", result["completion"], ("match16", "agree", "valid", "finished"))
     if result["infill"] is None:
         print("infill: - (the run was not trained with FIM)")
     else:
@@ -231,7 +233,8 @@ def eval_completion_main(args: argparse.Namespace) -> int:
 def _table(title: str, block: dict, names: tuple) -> None:
     print(f"{title:<12}" + "".join(f"{n:>12}" for n in ("count",) + names))
     for kind, row in block.items():
-        cells = [f"{row[n]:.1%} of {row[n + '_of']}" if row[n] is not None else "-" for n in names]
+        cells = ["-" if row[n] is None else f"{row[n]:.2f}" if n == "agree" else f"{row[n]:.1%} of {row[n + '_of']}"
+                 for n in names]
         print(f"  {kind:<10}" + f"{row['count']:>12}" + "".join(f"{c:>12}" for c in cells))
 
 

@@ -26,6 +26,7 @@ ROWS = [  # (key, label) in table order
     ("mean_tokens", "mean tokens"),
     ("actionlint_clean", "actionlint clean"),
     ("actionlint_findings", "actionlint findings"),
+    ("actionlint_crashed", "actionlint crashed"),
 ]
 
 
@@ -56,24 +57,39 @@ def _samples(d: Path) -> tuple[list[Path], list[dict] | None]:
     return files, rows
 
 
-def actionlint_findings(files: list[Path]) -> dict[Path, int] | None:
-    """Findings per file, or None when actionlint is not installed."""
+def actionlint_findings(files: list[Path]) -> dict[Path, int | None] | None:
+    """Findings per file (None for a file actionlint itself crashed on), or None when actionlint
+    is not installed."""
     exe = shutil.which("actionlint")
     if exe is None or not files:
         return None
-    found = {f: 0 for f in files}
+    found: dict[Path, int | None] = {f: 0 for f in files}
     for i in range(0, len(files), 200):
         batch = files[i: i + 200]
-        proc = subprocess.run([exe, "-no-color", "-format", "{{json .}}", *map(str, batch)],
-                              check=False, capture_output=True, text=True)
-        if proc.returncode not in (0, 1):  # 1 = findings; anything else = actionlint itself failed
-            raise UserError(f"actionlint failed (exit {proc.returncode}): {proc.stderr.strip()[:200]}")
-        for err in json.loads(proc.stdout or "[]"):
+        errors = _lint(exe, batch)
+        if errors is None:  # actionlint crashed on some file of the batch: lint them one by one
+            for f in batch:
+                one = _lint(exe, [f])
+                if one is None:
+                    found[f] = None
+                else:
+                    found[f] = len(one)
+            continue
+        for err in errors:
             path = Path(err["filepath"])
             key = next((f for f in batch if f == path or f.resolve() == path.resolve()), None)
             if key is not None:
                 found[key] += 1
     return found
+
+
+def _lint(exe: str, files: list[Path]) -> list[dict] | None:
+    """actionlint's findings for ``files``; None when it fails (exit status other than 0 or 1)."""
+    proc = subprocess.run([exe, "-no-color", "-format", "{{json .}}", *map(str, files)],
+                          check=False, capture_output=True, text=True)
+    if proc.returncode not in (0, 1):  # 1 = findings; anything else = actionlint itself failed
+        return None
+    return json.loads(proc.stdout or "[]")
 
 
 def evaluate_dir(d: Path, validator, use_actionlint: bool = True) -> dict:
@@ -99,12 +115,13 @@ def evaluate_dir(d: Path, validator, use_actionlint: bool = True) -> dict:
         "mean_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None,
         "finished": sum(bool(r.get("finished")) for r in rows) if rows is not None else None,
         "budget_closed": sum(bool(r.get("budget_closed")) for r in rows) if rows is not None else None,
-        "actionlint_clean": None, "actionlint_findings": None,
+        "actionlint_clean": None, "actionlint_findings": None, "actionlint_crashed": None,
     }
     lint = actionlint_findings(files) if use_actionlint else None
     if lint is not None:
         result["actionlint_clean"] = sum(n == 0 for n in lint.values())
-        result["actionlint_findings"] = sum(lint.values())
+        result["actionlint_findings"] = sum(n for n in lint.values() if n is not None)
+        result["actionlint_crashed"] = sum(n is None for n in lint.values())
     return result
 
 
@@ -112,7 +129,7 @@ def _cell(key: str, r: dict) -> str:
     v = r[key]
     if v is None:
         return "-"
-    if key in ("count", "mean_tokens", "actionlint_findings") or not r["count"]:
+    if key in ("count", "mean_tokens", "actionlint_findings", "actionlint_crashed") or not r["count"]:
         return str(v)
     return f"{v} ({100 * v / r['count']:.0f}%)"
 
