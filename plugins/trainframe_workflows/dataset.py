@@ -225,7 +225,10 @@ class WorkflowWindows:
         val_chars = float(chars[val].sum()) if len(val) else 0.0
         # Targets per document: its tokens plus the end-of-document PAD.
         self.chars_per_token = val_chars / float((lengths[val] + 1).sum()) if len(val) else None
-        self.val_windows = self._windows(val, 0)
+        # In a fixed shuffled order: the training eval reads only its first eval_batches, which in
+        # corpus order would all come from the first validation repositories (one corpus of several).
+        windows = self._windows(val, 0)
+        self.val_windows = windows[np.random.default_rng(0).permutation(len(windows))]
         self.epoch, self.index = 0, 0
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         if len(self._epoch(0)[1]) < 1:
