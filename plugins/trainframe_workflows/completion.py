@@ -87,31 +87,45 @@ def _spine(value: Any) -> list[tuple]:
     return paths
 
 
-def encode_partial(tokenizer, value: Any, open_string: bool) -> list[int]:
-    """Tokens of a document being written: everything of ``value`` in order, its last entries
-    left open (the last string too, with ``open_string``). Raises ValueError if the schema rejects
-    it or the decoder cannot go on from it."""
+def encode_partial(tokenizer, value: Any, open_string: bool) -> tuple[list[int], bytes]:
+    """(tokens, typed) of a document being written: everything of ``value`` in order, its last
+    entries left open. With ``open_string`` and a string last, that string is left open with
+    none of its text encoded: ``typed`` is its text, which the model must spell first (see
+    :class:`Completion`). Raises ValueError if the schema rejects it or the decoder cannot go on."""
     spine = _spine(value)
     leaf = spine[-1]
     last = value
     for part in leaf:
         last = last[part]
+    typed = last.encode("utf-8") if open_string and isinstance(last, str) else b""
     enc = Encoder(tokenizer.vocab)
     enc.open_paths = frozenset(p for p in spine if p != leaf or isinstance(last, (dict, list)) or last is None)
-    enc.open_leaf = leaf if (last is None or (open_string and isinstance(last, str))) else None
+    enc.open_leaf = leaf if (last is None or typed) else None
     ids: list[int] = []
-    enc.value(tokenizer.root, value, ids, ())
+    enc.value(tokenizer.root, _with_leaf(value, leaf, "") if typed else value, ids, ())
     d = tokenizer.stream()
     for t in ids:
         d.feed(t)  # raises SchemaDecodeError (a ValueError) where it cannot continue
     if d.done or tokenizer.budget.closing_cost(d) >= 1 << 30:
         raise ValueError("the document cannot be continued from here")
-    return ids
+    if typed and not tokenizer.budget.mask(d, d.allowed(), 1 << 20)[0][tokenizer.vocab.content_ids].any():
+        raise ValueError("the open string cannot continue")
+    return ids, typed
 
 
-def encode_typed(tokenizer, text: str) -> tuple[list[int], int]:
-    """(tokens, lines used) of the longest run of leading lines of ``text`` that encodes as a
-    document being written (see :func:`encode_partial`); ([], 0) when none does."""
+def _with_leaf(value: Any, leaf: tuple, new: Any) -> Any:
+    """A copy of ``value`` with the value at ``leaf`` replaced (the containers on the way copied)."""
+    if not leaf:
+        return new
+    out = dict(value) if isinstance(value, dict) else list(value)
+    out[leaf[0]] = _with_leaf(value[leaf[0]], leaf[1:], new)
+    return out
+
+
+def encode_typed(tokenizer, text: str) -> tuple[list[int], int, bytes]:
+    """(tokens, lines used, typed bytes of an open last string) of the longest run of leading
+    lines of ``text`` that encodes as a document being written (see :func:`encode_partial`);
+    ([], 0, b"") when none does."""
     lines = text.splitlines(keepends=True)
     for k in range(len(lines), 0, -1):
         chunk = "".join(lines[:k])
@@ -123,10 +137,66 @@ def encode_typed(tokenizer, text: str) -> tuple[list[int], int]:
             continue
         open_string = k == len(lines) and not text.endswith(("\n", "\r"))
         try:
-            return encode_partial(tokenizer, value, open_string), k
+            ids, typed = encode_partial(tokenizer, value, open_string)
+            return ids, k, typed
         except (ValueError, RecursionError):
             continue
-    return [], 0
+    return [], 0, b""
+
+
+class Completion:
+    """A workflow typed so far, to complete: the tokens of the document being written, and the
+    mask for what follows (constrained, within a budget).
+
+    When the text stops inside a string (``runs-on: ubuntu-la``), that string's typed characters
+    are not encoded: the model spells them again, its first tokens held to the typed bytes, and
+    goes on from there (*token healing*). Encoding ``ubuntu-la`` on its own would cut it into
+    other pieces than the ``ubuntu-latest`` the model learned, and the model would continue from
+    pieces it has rarely seen.
+    """
+
+    def __init__(self, tokenizer, text: str) -> None:
+        self.tokenizer = tokenizer
+        self.text = text
+        self.prompt, self.lines, self.typed = encode_typed(tokenizer, text)
+        self._heal: dict[bytes, np.ndarray] = {}
+
+    def allowed(self, new: Sequence[int], budget: int) -> np.ndarray:
+        """The next token's mask after ``new`` tokens: the tokenizer's, within ``budget``, and
+        while typed bytes are left, only tokens that spell them on."""
+        tok = self.tokenizer
+        exp = tok.vocab.expansion
+        spelled = b"".join(exp[int(t)] or b"" for t in new)
+        healing = self.typed and len(spelled) < len(self.typed) and all(exp[int(t)] is not None for t in new)
+        rest = self.typed[len(spelled):] if healing else b""
+        # The typed bytes still to spell cost at most a token each: keep them out of the budget.
+        m = tok.allowed_next(self.prompt + [int(t) for t in new], budget=budget - len(rest))
+        if not healing:
+            return m
+        heal = self._healing(rest, first=not new)
+        both = m & heal
+        return both if both.any() else heal
+
+    def min_tokens(self) -> int:
+        """New tokens the shortest completion takes, its end token included."""
+        return self.tokenizer.closing_cost(self.prompt) + len(self.typed) + 1
+
+    def _healing(self, rest: bytes, first: bool) -> np.ndarray:
+        """Content tokens that continue ``rest`` (or complete it and go on); at the first token,
+        also dictionary strings that begin with everything typed."""
+        key = rest + (b"\0" if first else b"")
+        m = self._heal.get(key)
+        if m is None:
+            v = self.tokenizer.vocab
+            m = np.zeros(v.size, dtype=bool)
+            for t in v.content_ids:
+                e = v.expansion[t]
+                m[t] = rest.startswith(e) or e.startswith(rest)
+            if first:
+                for i, s in enumerate(v.dictionary):
+                    m[v.dict_start + i] = s.encode("utf-8").startswith(self.typed)
+            self._heal[key] = m
+        return m
 
 
 # ---------------------------------------------------------------------------------------- infill
@@ -208,5 +278,5 @@ def infill_task(tokenizer, layout: Layout, text: str, at: str, max_tokens: int) 
     return Infill(tokenizer, layout, doc, path, max_tokens)
 
 
-__all__ = ["Infill", "infill_task", "encode_typed", "encode_partial", "encode_with_spans", "parse_path",
+__all__ = ["Completion", "Infill", "infill_task", "encode_typed", "encode_partial", "encode_with_spans", "parse_path",
            "value_at", "SchemaDecodeError"]

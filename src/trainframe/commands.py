@@ -272,12 +272,6 @@ def _prompt(args: argparse.Namespace, tokenizer) -> tuple[list[int], str]:
     """(prompt ids, prompt text to print before the sample; None: decode the prompt ids with it)."""
     if args.prefix_from is not None:
         text = _read_text(args.prefix_from, "--prefix-from")
-        if args.prefix_tokens is None and hasattr(tokenizer, "encode_typed"):
-            ids, used = tokenizer.encode_typed(text)
-            lines = len(text.splitlines())
-            print(f"completing {args.prefix_from} from its first {used} of {lines} lines ({len(ids)} tokens)",
-                  file=sys.stderr)
-            return ids, None
         try:
             ids = list(tokenizer.encode(text))
         except ValueError as e:
@@ -366,18 +360,26 @@ def generate_main(args: argparse.Namespace) -> int:
     cfg, tokenizer, model = load_run_model(args.run_dir, args.checkpoint, args.device)
     _, data_cfg = cfg.component("data")
     start = list(data_cfg.start_tokens(tokenizer)) if hasattr(data_cfg, "start_tokens") else []
-    infill = None
+    infill = typed = allowed_new = None
     if args.infill is not None:
         if not (hasattr(tokenizer, "infill") and hasattr(data_cfg, "layout")):
             raise UserError(f"--infill: the run's tokenizer {type(tokenizer).__name__} and dataset cannot fill in "
                             "the middle")
         infill = tokenizer.infill(_read_text(args.infill, "--infill"), args.at,
                                   data_cfg.layout(tokenizer, model.config.context), args.max_tokens)
-        start, prompt, prompt_text = infill.prompt, [], None
+        start, prompt, prompt_text, allowed_new = infill.prompt, [], None, infill.allowed
+    elif args.prefix_from is not None and args.prefix_tokens is None and hasattr(tokenizer, "complete_typed"):
+        typed = tokenizer.complete_typed(_read_text(args.prefix_from, "--prefix-from"))
+        print(f"completing {args.prefix_from} from its first {typed.lines} of {len(typed.text.splitlines())} "
+              f"lines ({len(typed.prompt)} tokens)", file=sys.stderr)
+        prompt, prompt_text = typed.prompt, None
+        if typed.min_tokens() > args.max_tokens:
+            raise UserError(f"--max-tokens: {args.max_tokens} is too few: the shortest completion of "
+                            f"{args.prefix_from} takes {typed.min_tokens()} tokens, its end token included")
+        allowed_new = lambda new: typed.allowed(new, args.max_tokens - 1 - len(new))  # noqa: E731
     else:
         prompt, prompt_text = _prompt(args, tokenizer)
-    if infill is not None or (args.prefix_from is not None and args.prefix_tokens is None
-                              and hasattr(tokenizer, "encode_typed")):
+    if allowed_new is not None:
         args.constrained = True  # a completion or an infill must come back as a valid document
     if not start and not prompt:  # a text model: continue a newline, as before
         prompt_text = "\n"
@@ -389,15 +391,14 @@ def generate_main(args: argparse.Namespace) -> int:
     samples = sample_documents(model, tokenizer, start, prompt, args.n, max_tokens=args.max_tokens,
                                batch_size=args.batch_size, constrained=args.constrained,
                                temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                               seed=args.seed, progress=show and show.advance,
-                               allowed_new=infill.allowed if infill is not None and args.constrained else None)
+                               seed=args.seed, progress=show and show.advance, allowed_new=allowed_new)
     try:
         for i, (new, finished) in enumerate(samples, 1):
             if infill is not None:  # the middle goes back into the document
                 new = infill.document(new)
             row = {"sample": i, "file": None, "tokens": len(prompt) + len(new), "prompt_tokens": len(prompt),
                    "finished": finished, "error": None}
-            if args.constrained and infill is None and hasattr(tokenizer, "budget_limited"):
+            if args.constrained and allowed_new is None and hasattr(tokenizer, "budget_limited"):
                 row["budget_closed"] = tokenizer.budget_limited(prompt, new, args.max_tokens - 1)
             try:
                 text, suffix = _render(tokenizer, prompt + new, prompt_text, new)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from trainframe_workflows.completion import Infill, encode_typed, encode_with_spans, parse_path, value_at
+from trainframe_workflows.completion import Completion, Infill, encode_typed, encode_with_spans, parse_path, value_at
 from trainframe_workflows.dataset import WorkflowsConfig
 from trainframe_workflows.schema_tokenizer.yaml_loader import load_document
 from wfdata import CORPUS, need_data
@@ -98,8 +98,8 @@ def test_spans_cover_each_value(tok):
 
 def test_typed_text_that_does_not_parse_is_completed_from_what_does(tok, validator, model):
     typed = WORKFLOW.split("  lint:")[0] + '      - name: "Set up'  # an unclosed quote: no YAML
-    ids, used = encode_typed(tok, typed)
-    assert used == len(typed.splitlines()) - 1 and ids
+    ids, used, open_text = encode_typed(tok, typed)
+    assert used == len(typed.splitlines()) - 1 and ids and open_text == b""
     start = WorkflowsConfig(path="unused").start_tokens(tok)
     (new, finished), = sample_documents(model, tok, start, ids, 1, max_tokens=30, constrained=True, seed=0)
     doc = tok.decode_value(ids + new)[0]
@@ -107,10 +107,20 @@ def test_typed_text_that_does_not_parse_is_completed_from_what_does(tok, validat
     typed_steps = load_document(WORKFLOW)["jobs"]["build"]["steps"]
     assert doc["jobs"]["build"]["steps"][:2] == typed_steps[:2]
     assert doc["jobs"]["build"]["steps"][2]["run"] == "make test"  # the last step stays open for more keys
-    # A line cut mid-word leaves its string open: the model continues the word.
-    ids, used = encode_typed(tok, "on: push\njobs:\n  build:\n    runs-on: ubuntu-la")
-    assert used == 4 and not tok._decoder(ids).done
-    assert tok._decoder(ids).stack[-1].buf == b"ubuntu-la"
+
+
+def test_a_string_cut_mid_word_is_spelled_again_then_continued(tok, validator, model):
+    """Token healing: the open string's typed bytes are not encoded; the first tokens must spell them."""
+    comp = Completion(tok, "on: push\njobs:\n  build:\n    runs-on: ubuntu-la")
+    assert comp.lines == 4 and comp.typed == b"ubuntu-la"
+    assert tok._decoder(comp.prompt).stack[-1].buf == b""  # the string is open and empty
+    start = WorkflowsConfig(path="unused").start_tokens(tok)
+    for new, finished in sample_documents(model, tok, start, comp.prompt, 4, max_tokens=40, constrained=True,
+                                          temperature=1.0, top_k=None, seed=0,
+                                          allowed_new=lambda new: comp.allowed(new, 39 - len(new))):
+        doc = tok.decode_value(comp.prompt + new)[0]
+        assert finished and validator.is_valid(doc)
+        assert doc["jobs"]["build"]["runs-on"].startswith("ubuntu-la"), doc["jobs"]["build"]["runs-on"]
 
 
 def _fim_layout(tok, context=64):

@@ -149,12 +149,12 @@ class SchemaTokenizer(WorkflowText):
             d.feed(t)
         return d.partial(), d.done
 
-    def encode_typed(self, text: str) -> tuple[list[int], int]:
-        """(tokens, lines used) of a workflow as it is being typed: the longest run of its leading
-        lines that the schema can continue (``trainframe generate --prefix-from``)."""
-        from ..completion import encode_typed
+    def complete_typed(self, text: str):
+        """The completion of a workflow as it is being typed (``trainframe generate --prefix-from``):
+        the longest run of its leading lines the schema can continue; see ``completion.Completion``."""
+        from ..completion import Completion
 
-        return encode_typed(self, text)
+        return Completion(self, text)
 
     def infill(self, text: str, at: str, layout, max_tokens: int):
         """The fill-in-the-middle task for the value at path ``at`` of a workflow's text
