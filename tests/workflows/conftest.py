@@ -4,9 +4,19 @@ import json
 
 import jsonschema
 import pytest
+import torch
 from trainframe_workflows.schema_tokenizer import SchemaTokenizer
 from trainframe_workflows.schema_tokenizer.yaml_loader import load_document
 from wfdata import CORPUS, need_data
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
