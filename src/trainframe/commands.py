@@ -295,7 +295,7 @@ def sample_documents(model, tokenizer, start: list[int], prompt: list[int], n: i
     documents end in padding). ``constrained`` masks every step with ``allowed_next(prompt + new)``;
     a tokenizer that also has ``closing_cost`` gets the tokens left as ``budget``, so every sample
     closes within ``max_tokens``, its end token included. ``allowed_new(new ids)``: a mask
-    function of the new tokens alone, used instead (an infill's middle).
+    function of the new tokens alone, used instead (an infill's middle, a typed completion).
     """
     stop = getattr(tokenizer, "eos_id", None)
     stop = getattr(tokenizer, "pad_id", None) if stop is None else stop
@@ -360,7 +360,7 @@ def generate_main(args: argparse.Namespace) -> int:
     cfg, tokenizer, model = load_run_model(args.run_dir, args.checkpoint, args.device)
     _, data_cfg = cfg.component("data")
     start = list(data_cfg.start_tokens(tokenizer)) if hasattr(data_cfg, "start_tokens") else []
-    infill = typed = allowed_new = None
+    infill = allowed_new = None
     if args.infill is not None:
         if not (hasattr(tokenizer, "infill") and hasattr(data_cfg, "layout")):
             raise UserError(f"--infill: the run's tokenizer {type(tokenizer).__name__} and dataset cannot fill in "

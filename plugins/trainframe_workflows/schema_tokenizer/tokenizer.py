@@ -205,7 +205,9 @@ class SchemaTokenizer(WorkflowText):
 
     def budget_limited(self, prompt: Sequence[int], new: Sequence[int], budget: int) -> bool:
         """Did the budget narrow any step of ``new`` (sampled after ``prompt`` with ``budget``)?"""
-        d = self._fresh(prompt)  # fed here: the cached decoders stay as they are
+        d = self.stream()  # a decoder of its own: the cached ones stay as they are
+        for t in prompt:
+            d.feed(t)
         for i, t in enumerate(new):
             if d.done:
                 break
@@ -213,12 +215,6 @@ class SchemaTokenizer(WorkflowText):
                 return True
             d.feed(t)
         return False
-
-    def _fresh(self, tokens: Sequence[int]) -> StreamDecoder:
-        d = self.stream()
-        for t in tokens:
-            d.feed(t)
-        return d
 
     def _decoder(self, prefix_tokens: Sequence[int]) -> StreamDecoder:
         """The decoder after ``prefix_tokens``, from the cache of recent prefixes when it can."""
