@@ -21,7 +21,7 @@ from trainframe.data.datasets import cache_root
 from trainframe.data.shards import token_dtype
 from trainframe.errors import UserError
 
-from .corpus import corpus_files, count_records, iter_records, repo_of  # noqa: F401 (repo_of for callers)
+from .corpus import corpus_files, count_records, iter_records
 from .corpus_cache import tokenize_corpus
 from .windowing import (
     PREFIX_MODES,

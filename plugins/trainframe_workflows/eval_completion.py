@@ -151,7 +151,7 @@ def infill_scores(model, tokenizer, layout, docs, validator, count: int, max_tok
     by_kind: dict[str, list] = {}
     for j in rng.permutation(len(points))[:count].tolist():
         d, path = points[j]
-        value, ids = docs[d][1], docs[d][2]
+        value = docs[d][1]
         try:
             task = Infill(tokenizer, layout, value, path, max_tokens)
         except UserError:

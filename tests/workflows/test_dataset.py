@@ -5,12 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trainframe_workflows.dataset import (
-    WorkflowsConfig,
-    build_workflows,
-    repo_of,
-    split_docs,
-)
+from trainframe_workflows.corpus import repo_of
+from trainframe_workflows.dataset import WorkflowsConfig, build_workflows, split_docs
 
 from trainframe.errors import UserError
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .codec import ARR, BOOL, CHOOSE, ENUM, OBJ, R_KEY, R_NUMBER, R_STRING, STR, StreamDecoder, Tables, _split_options
 from .grammar import NEVER, Node, Obj, StrSpec
-from .vocab import BYTE0, END, N_CHOICE
+from .vocab import END, N_CHOICE
 
 INF = 1 << 30
 SLACK = 32  # string moves are costed only this close to the end: one token seldom adds more
@@ -402,4 +402,4 @@ def _can_end(spec: StrSpec, role, node, text: str, states: tuple, nchars: int) -
     return True
 
 
-__all__ = ["Budget", "INF", "BYTE0"]
+__all__ = ["Budget", "INF"]
