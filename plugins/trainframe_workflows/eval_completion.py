@@ -197,6 +197,8 @@ def eval_completion_main(args: argparse.Namespace) -> int:
     for flag, v in (("--max-tokens", args.max_tokens), ("--batch-size", args.batch_size)):
         if v <= 0:
             raise UserError(f"{flag}: expected a positive integer, got {v}")
+    if args.data is not None and not args.data.exists():
+        raise UserError(f"--data: {args.data}: no such file or directory")
     cfg, tokenizer, model = load_run_model(args.run_dir, args.checkpoint, args.device)
     _, data_cfg = cfg.component("data")
     if not (hasattr(tokenizer, "infill") and hasattr(data_cfg, "layout")):
