@@ -310,3 +310,16 @@ def test_cuda_graphs_only_where_replay_is_correct():
     ]:
         with pytest.raises(UserError, match=message):
             _check_cuda_graphs(config, compiled, cuda, world)
+
+
+def test_zero_byte_newest_checkpoint_falls_back(plugins, tiny_config, tmp_path, capsys):
+    """A zero-byte file (a disk filled mid-save) is one line, and resume takes the previous one."""
+    trainer = make_trainer(plugins, tiny_config, tmp_path / "run")
+    trainer.train_step()
+    first = trainer.save()
+    trainer.train_step()
+    trainer.save().write_bytes(b"")
+    path, state = ckpt.load_latest_good(tmp_path / "run" / "checkpoints")
+    assert path == first and state["loop"]["step"] == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupt or unreadable checkpoint (EOFError)" in err[0]

@@ -47,7 +47,8 @@ def load(path: Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, wrong file: all mean "not a usable checkpoint"
-        raise UserError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        why = (str(e).splitlines() or [""])[0][:120]  # an EOFError of a zero-byte file has no message
+        raise UserError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}{': ' + why if why else ''})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path}: not a trainframe checkpoint")
     return state
