@@ -21,6 +21,7 @@ import numpy as np
 from trainframe.errors import UserError
 
 from .schema_tokenizer.codec import Encoder, SchemaDecodeError, StreamDecoder, format_path
+from .schema_tokenizer.tokenizer import DecoderCache
 from .schema_tokenizer.yaml_loader import load_document
 from .windowing import Layout
 
@@ -239,26 +240,16 @@ class Infill:
         self.prompt = ([layout.pos_token(s), layout.pos_token(a - s)] + seq[s:a] + [layout.mask_id]
                        + seq[b:b + keep_after] + [layout.mask_id])
         self.pad_id = layout.pad_id
-        self._streams: dict[tuple, StreamDecoder] = {}
+        self._streams = DecoderCache(lambda: StreamDecoder(self.node, tokenizer.tables))
 
     def allowed(self, middle: Sequence[int]) -> np.ndarray:
         """The mask for the next middle token: a complete value of the node at the path, closed
         within ``max_tokens``; then PAD."""
-        key = tuple(int(t) for t in middle)
-        d = self._streams.pop(key[:-1], None) if key else None
-        if d is not None:
-            d.feed(key[-1])
-        else:
-            d = StreamDecoder(self.node, self.tokenizer.tables)
-            for t in key:
-                d.feed(t)
-        self._streams[key] = d
-        if len(self._streams) > 64:
-            self._streams.pop(next(iter(self._streams)))
+        d = self._streams.after(middle)
         if d.done:
             return self.tokenizer.tables.choice_mask((self.pad_id,)).copy()
         budget = self.tokenizer.budget
-        return budget.mask(d, d.allowed(), self.max_tokens - 1 - len(key))[0].copy()
+        return budget.mask(d, d.allowed(), self.max_tokens - 1 - len(middle))[0].copy()
 
     def document(self, middle: Sequence[int]) -> list[int]:
         """The whole document's tokens with ``middle`` in the gap."""

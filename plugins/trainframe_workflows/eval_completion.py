@@ -189,7 +189,7 @@ def _summary(by_kind: dict, names: tuple) -> dict:
 def eval_completion_main(args: argparse.Namespace) -> int:
     import jsonschema
 
-    from trainframe.commands import load_run_model
+    from trainframe.commands import SampleProgress, load_run_model
 
     for flag, v in (("--cuts", args.cuts), ("--infills", args.infills)):
         if v < 0:
@@ -210,12 +210,16 @@ def eval_completion_main(args: argparse.Namespace) -> int:
     validator = jsonschema.Draft7Validator(tokenizer.schema)
     layout = data_cfg.layout(tokenizer, model.config.context)
     rng = np.random.default_rng(args.seed)
-    with _progress(not args.json, args.cuts + (args.infills if layout.fim else 0)) as step:
+    show = SampleProgress(args.cuts + (args.infills if layout.fim else 0), "completing")
+    step = lambda: show.advance(1)  # noqa: E731
+    try:
         result["completion"] = completion_scores(model, tokenizer, data_cfg.start_tokens(tokenizer), docs, validator,
                                                  args.cuts, args.max_tokens, rng, step)
         result["infill"] = (infill_scores(model, tokenizer, layout, docs, validator, args.infills,
                                           min(args.max_tokens, model.config.context // 2), rng, step)
                             if layout.fim else None)
+    finally:
+        show.close()
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -238,25 +242,3 @@ def _table(title: str, block: dict, names: tuple) -> None:
         cells = ["-" if row[n] is None else f"{row[n]:.2f}" if n == "agree" else f"{row[n]:.1%} of {row[n + '_of']}"
                  for n in names]
         print(f"  {kind:<10}" + f"{row['count']:>12}" + "".join(f"{c:>12}" for c in cells))
-
-
-class _progress:
-    """A transient rich progress bar on a terminal, else nothing; used as ``with ... as step``."""
-
-    def __init__(self, show: bool, total: int) -> None:
-        self.bar = None
-        if show and sys.stderr.isatty():
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True)
-            self.task = self.bar.add_task("completing", total=total)
-
-    def __enter__(self):
-        if self.bar is None:
-            return lambda: None
-        self.bar.start()
-        return lambda: self.bar.advance(self.task)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -386,7 +386,7 @@ def generate_main(args: argparse.Namespace) -> int:
         prompt = list(tokenizer.encode(prompt_text)) or [tokenizer.eos_id]
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-    show = _SampleProgress(args.n) if args.out is not None else None
+    show = SampleProgress(args.n) if args.out is not None else None
     rows = []
     samples = sample_documents(model, tokenizer, start, prompt, args.n, max_tokens=args.max_tokens,
                                batch_size=args.batch_size, constrained=args.constrained,
@@ -427,16 +427,16 @@ def generate_main(args: argparse.Namespace) -> int:
     return 0
 
 
-class _SampleProgress:
+class SampleProgress:
     """A rich progress bar on a terminal, nothing otherwise."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, label: str = "sampling") -> None:
         self.bar = None
         if sys.stdout.isatty():
             from rich.progress import Progress
 
             self.bar = Progress(transient=True)
-            self.task = self.bar.add_task("sampling", total=total)
+            self.task = self.bar.add_task(label, total=total)
             self.bar.start()
 
     def advance(self, n: int) -> None:

@@ -101,7 +101,7 @@ class SchemaTokenizer(WorkflowText):
         self._encoder = Encoder(self.vocab)
         self._tables: Tables | None = None
         self._budget: Budget | None = None
-        self._streams: OrderedDict[tuple, StreamDecoder] = OrderedDict()
+        self._streams = DecoderCache(self.stream)
 
     # -- the tct API ---------------------------------------------------------------------------
     @property
@@ -218,25 +218,37 @@ class SchemaTokenizer(WorkflowText):
 
     def _decoder(self, prefix_tokens: Sequence[int]) -> StreamDecoder:
         """The decoder after ``prefix_tokens``, from the cache of recent prefixes when it can."""
-        key = tuple(int(t) for t in prefix_tokens)
-        d = self._streams.get(key)
+        return self._streams.after(prefix_tokens)
+
+
+class DecoderCache:
+    """Decoders of recent prefixes, so a prefix one token longer than an earlier one costs one
+    step, not a re-decode (rows of a batch each grow by one token per step). ``new()`` starts a
+    decoder; the decoders it returns are shared: feed them only through :meth:`after`."""
+
+    def __init__(self, new, size: int = 64) -> None:
+        self.new, self.size = new, size
+        self._cache: OrderedDict[tuple, StreamDecoder] = OrderedDict()
+
+    def after(self, tokens: Sequence[int]) -> StreamDecoder:
+        key = tuple(int(t) for t in tokens)
+        d = self._cache.get(key)
+        if d is not None:
+            self._cache.move_to_end(key)
+            return d
+        d = self._cache.pop(key[:-1], None) if key else None
+        if d is not None:
+            try:
+                d.feed(key[-1])
+            except SchemaDecodeError:
+                d = None
         if d is None:
-            parent = self._streams.pop(key[:-1], None) if key else None
-            if parent is not None:
-                try:
-                    parent.feed(key[-1])
-                except SchemaDecodeError:
-                    parent = None
-            d = parent
-            if d is None:
-                d = self.stream()
-                for t in key:
-                    d.feed(t)
-            self._streams[key] = d
-            while len(self._streams) > 64:
-                self._streams.popitem(last=False)
-        else:
-            self._streams.move_to_end(key)
+            d = self.new()
+            for t in key:
+                d.feed(t)
+        self._cache[key] = d
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
         return d
 
 
