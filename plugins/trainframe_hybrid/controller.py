@@ -218,7 +218,7 @@ class HybridController(PhaseController):
         index = self.cfg.correct_steps - self.machine.remaining
         held = self.held[(index // len(PROBE_SCALES)) % len(self.held)]
         device = batches[0][0].device
-        return [(x.to(device), y.to(device)) for x, y in held]
+        return [tuple(t.to(device) for t in batch) for batch in held]
 
     @property
     def wants_update_norms(self) -> bool:
@@ -368,7 +368,7 @@ class HybridController(PhaseController):
         if cfg.direction == "nowcast":
             self.snapshots.append([p.detach().float().clone() for p in self.params])
             del self.snapshots[:-cfg.nowcast_snapshots]
-        self.held.append([(x.detach(), y.detach()) for x, y in outcome.batches])
+        self.held.append([tuple(t.detach() for t in batch) for batch in outcome.batches])
         del self.held[:-max(1, math.ceil(cfg.correct_steps / len(PROBE_SCALES)))]
         if outcome.grad_norm is not None and math.isfinite(outcome.grad_norm):
             self.log_grad_norms = (self.log_grad_norms + [math.log(outcome.grad_norm + 1e-12)])[-cfg.history:]
@@ -561,7 +561,7 @@ class HybridController(PhaseController):
 
     def state_dict(self) -> dict:
         state = {"machine": self.machine.state_dict(), "ready": self.ready,
-                 "held": [[(x.cpu(), y.cpu()) for x, y in step] for step in self.held]}
+                 "held": [[tuple(t.cpu() for t in batch) for batch in step] for step in self.held]}
         if not self.ready:
             return state
         state.update({name: getattr(self, name, None) for name in self.SCALARS})
@@ -575,7 +575,7 @@ class HybridController(PhaseController):
     def load_state_dict(self, state: dict) -> None:
         # The schedule and the held batches are needed before the first step sees the trainer.
         self.machine.load_state_dict(state["machine"])
-        self.held = [[(x, y) for x, y in step] for step in state["held"]]
+        self.held = [[tuple(batch) for batch in step] for step in state["held"]]
         if state["ready"]:
             self.pending_state = state
             self.ready = False

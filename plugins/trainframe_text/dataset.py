@@ -15,6 +15,7 @@ import torch
 from pydantic import Field, field_validator
 
 from trainframe.config import ComponentConfig
+from trainframe.data.datasets import PACK_HELP, pack_eos
 from trainframe.data.shards import INDEX, TokenWindows, open_shards
 from trainframe.errors import UserError
 
@@ -29,6 +30,7 @@ class TextDataConfig(ComponentConfig):
     val_fraction: float = Field(0.01, ge=0, lt=1, description="tail share of each source's shards held out")
     chunk_bytes: int = Field(4 << 20, ge=1024, description="text per tokenization chunk (the unit of resume)")
     workers: int | None = Field(None, gt=0, description="`data prepare` processes; null = all cores")
+    pack: bool = Field(False, description=PACK_HELP)
 
     @field_validator("sources")
     @classmethod
@@ -60,20 +62,21 @@ class MixtureWindows:
             pos += take
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """(inputs, targets), or packed (inputs, targets, positions), each row from its drawn source."""
         which = self.choices(self.drawn, batch_size)
         self.drawn += batch_size
         if len(self.sources) == 1:
             return self.sources[0].next_batch(batch_size)
-        inputs = targets = None
+        out = None
         for s in np.unique(which):
             rows = np.nonzero(which == s)[0]
-            x, y = self.sources[s].next_batch(len(rows))
-            if inputs is None:
-                inputs = torch.empty((batch_size, x.shape[1]), dtype=x.dtype)
-                targets = torch.empty_like(inputs)
-            inputs[rows], targets[rows] = x, y
-        return inputs, targets
+            part = self.sources[s].next_batch(len(rows))
+            if out is None:
+                out = tuple(torch.empty((batch_size, t.shape[1]), dtype=t.dtype) for t in part)
+            for whole, t in zip(out, part):
+                whole[rows] = t
+        return out
 
     def val_batches(self, batch_size: int, max_batches: int):
         """A fixed weighted interleaving of the sources' validation windows (the same every call)."""
@@ -81,19 +84,18 @@ class MixtureWindows:
         rng = np.random.default_rng([self.seed, 0x76616C])
         live = [len(src.val) > 0 for src in self.sources]
         for _ in range(max_batches):
-            xs, ys = [], []
-            while len(xs) < batch_size and any(live):
+            rows = []
+            while len(rows) < batch_size and any(live):
                 p = self.p * live
                 s = rng.choice(len(p), p=p / p.sum())
-                pair = next(vals[s], None)
-                if pair is None:
+                row = next(vals[s], None)
+                if row is None:
                     live[s] = False
                     continue
-                xs.append(pair[0])
-                ys.append(pair[1])
-            if not xs:
+                rows.append(row)
+            if not rows:
                 return
-            yield torch.cat(xs), torch.cat(ys)
+            yield tuple(torch.cat(parts) for parts in zip(*rows))
 
     def state_dict(self) -> dict:
         return {"drawn": self.drawn, "sources": [s.state_dict() for s in self.sources]}
@@ -110,8 +112,8 @@ class MixtureWindows:
 def _bytes_per_token(windows: TokenWindows, tokenizer, limit: int = 32) -> float | None:
     """UTF-8 bytes of decoded text per token over (up to) the first validation windows."""
     n_bytes = n_tokens = 0
-    for x, _ in windows.val_batches(1, limit):
-        ids = x[0].tolist()
+    for batch in windows.val_batches(1, limit):
+        ids = batch[0][0].tolist()
         n_bytes += len(tokenizer.decode(ids).encode("utf-8"))
         n_tokens += len(ids)
     return n_bytes / n_tokens if n_tokens else None
@@ -139,7 +141,8 @@ def build_text(cfg: TextDataConfig, *, tokenizer, context: int, seed: int, rank:
             raise UserError(f"data.sources[{i}]: shards use vocab {index['vocab_size']}, "
                             f"the tokenizer has {tokenizer.vocab_size()}")
         # Each source its own permutation stream, all derived from the run's seed.
-        w = TokenWindows(arrays, context, cfg.val_fraction, seed + 1000003 * i, rank, world_size)
+        w = TokenWindows(arrays, context, cfg.val_fraction, seed + 1000003 * i, rank, world_size,
+                         pack_eos(cfg.pack, tokenizer))
         windows.append(w)
         weights.append(src.weight)
         rates.append(_bytes_per_token(w, tokenizer))

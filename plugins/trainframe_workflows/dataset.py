@@ -31,6 +31,9 @@ from .windowing import (
     build_row,
     epoch_offset,
     num_gaps,
+    pack_batch,
+    pack_rows,
+    segment_bound,
     window_starts,
 )
 
@@ -55,6 +58,9 @@ class WorkflowsConfig(ComponentConfig):
     fim_max_gaps: int = Field(3, ge=1, le=16)
     workers: int | None = Field(None, ge=1, description="processes that tokenize the corpus the first time; "
                                 "null = every core, at most 32; 1 = this process only")
+    pack: bool = Field(False, description="pack several windows into each training row instead of padding "
+                       "each one; attention stays within each window and its positions start at 0 "
+                       "(docs/workflows.md); validation rows stay one window each")
 
     @field_validator("path")
     @classmethod
@@ -209,7 +215,11 @@ class WorkflowWindows:
     """Windows over tokenized workflows. Each epoch lays windows over every training document
     (shifted by the epoch's offset), shuffles them with a seeded permutation and deals every
     world_size-th one to this rank. (epoch, index) is the whole state; per-window randomness
-    (prefix samples, gaps) is seeded by (seed, epoch, window), so a resume is exact."""
+    (prefix samples, gaps) is seeded by (seed, epoch, window), so a resume is exact.
+
+    Packed (``data.pack``), an epoch's shuffled windows are first grouped into rows of ``context``
+    positions (``pack_rows``, by each window's most positions), the rows shuffled and dealt to the
+    ranks, and ``index`` counts rows; a batch is then (inputs, targets, positions)."""
 
     def __init__(self, tokens: np.ndarray, lengths: np.ndarray, chars: np.ndarray, train: np.ndarray,
                  val: np.ndarray, cfg: WorkflowsConfig, layout: Layout, seed: int, rank: int = 0,
@@ -241,13 +251,17 @@ class WorkflowWindows:
                 for a, b in window_starts(int(self.lengths[d]) + 1, self.layout.capacity, offset)]
         return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
-    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(windows, this rank's window order) for ``epoch``."""
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, list]:
+        """(windows, this rank's order) for ``epoch``: window indices, or packed, rows of them."""
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
             offset = epoch_offset(epoch, self.cfg.offset_stride, self.layout.capacity) if self.cfg.epoch_offset else 0
             windows = self._windows(self.train_docs, offset)
-            perm = np.random.default_rng([self.seed, epoch]).permutation(len(windows))
-            self._epoch_cache = (epoch, windows, perm[self.rank:: self.world_size])
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(windows))
+            if self.cfg.pack:
+                bounds = np.array([segment_bound(int(b - a), self.layout) for a, b in windows[order, 1:]])
+                rows = [order[r] for r in pack_rows(bounds, self.layout.context)]
+                order = [rows[i] for i in np.random.default_rng([self.seed, epoch, 1]).permutation(len(rows))]
+            self._epoch_cache = (epoch, windows, order[self.rank:: self.world_size])
         return self._epoch_cache[1], self._epoch_cache[2]
 
     def seq(self, doc: int) -> np.ndarray:
@@ -275,15 +289,20 @@ class WorkflowWindows:
     def _stack(rows) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(np.stack([r[0] for r in rows])), torch.from_numpy(np.stack([r[1] for r in rows]))
 
-    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         rows = []
         while len(rows) < batch_size:
             windows, order = self._epoch(self.epoch)
-            i = int(order[self.index])
-            rows.append(self.row(windows[i], [self.seed, self.epoch, i]))
+            if self.cfg.pack:
+                rows.append([self.row(windows[i], [self.seed, self.epoch, int(i)]) for i in order[self.index]])
+            else:
+                i = int(order[self.index])
+                rows.append(self.row(windows[i], [self.seed, self.epoch, i]))
             self.index += 1
             if self.index >= len(order):
                 self.epoch, self.index = self.epoch + 1, 0
+        if self.cfg.pack:
+            return tuple(torch.from_numpy(a) for a in pack_batch(rows, self.layout.context, self.layout.pad_id))
         return self._stack(rows)
 
     def val_batches(self, batch_size: int, max_batches: int):

@@ -15,6 +15,7 @@ Every token of ``seq`` is a target exactly once per epoch.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,3 +151,60 @@ def build_fim_row(seq: np.ndarray, start: int, end: int, gaps: int, layout: Layo
     part_rows = 2 + np.cumsum([0] + [len(p) for p in parts[:-1]])  # row index where each part begins
     targets[part_rows[1::2] - 1] = -1  # the odd parts are the in-place MASKs
     return row[:-1], targets
+
+
+# ---------------------------------------------------------------------------------------- packing
+def segment_bound(m: int, layout: Layout) -> int:
+    """The most row positions a window of ``m`` document tokens can take: its lead tokens, its
+    tokens, and with FIM one MASK in place and one before each middle plus the closing PAD."""
+    room = 2 * min(layout.fim_max_gaps, m // 2) + 1 if layout.fim and m >= 2 else 0
+    return layout.lead - 1 + m + room
+
+
+def used_length(targets: np.ndarray) -> int:
+    """Positions of a row that matter: up to its last counted target (later tokens are padding, or
+    unselected prefix targets whose tokens no counted target can see)."""
+    counted = np.flatnonzero(targets != -1)
+    return int(counted[-1]) + 1 if len(counted) else 0
+
+
+def pack_rows(lengths: np.ndarray, capacity: int, chunk: int = 8192) -> list[list[int]]:
+    """Group items (indices into ``lengths``) into rows of at most ``capacity`` positions: best fit,
+    longest first, within consecutive chunks of ``chunk`` items (the order given is already
+    shuffled, so a chunk is a random sample; chunking keeps an epoch's plan linear in its size).
+    Deterministic, and every item lands in exactly one row."""
+    rows: list[list[int]] = []
+    for begin in range(0, len(lengths), chunk):
+        items = np.arange(begin, min(begin + chunk, len(lengths)))
+        free: list[tuple[int, int]] = []  # (room left, row) sorted: the tightest fitting row first
+        for i in items[np.argsort(-lengths[items], kind="stable")].tolist():
+            need = int(lengths[i])
+            j = bisect.bisect_left(free, (need, -1))
+            if j < len(free):
+                room, r = free.pop(j)
+                rows[r].append(i)
+            else:
+                room, r = capacity, len(rows)
+                rows.append([i])
+            if room - need > 0:
+                bisect.insort(free, (room - need, r))
+    return rows
+
+
+def pack_batch(rows: list[list[tuple[np.ndarray, np.ndarray]]], context: int,
+               pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, targets, positions), each (len(rows), context), of packed rows: each row's
+    segments (a window's inputs and targets, cut to ``used_length``) one after another, positions
+    restarting at 0 for each, the rest padding (one more segment, with no targets)."""
+    inputs = np.full((len(rows), context), pad_id, dtype=np.int64)
+    targets = np.full((len(rows), context), -1, dtype=np.int64)
+    positions = np.zeros((len(rows), context), dtype=np.int64)
+    for r, segments in enumerate(rows):
+        at = 0
+        for x, y in segments:
+            n = used_length(y)
+            inputs[r, at: at + n], targets[r, at: at + n] = x[:n], y[:n]
+            positions[r, at: at + n] = np.arange(n)
+            at += n
+        positions[r, at:] = np.arange(context - at)
+    return inputs, targets, positions

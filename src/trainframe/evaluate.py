@@ -52,11 +52,11 @@ def evaluate(model, batches, device: torch.device, progress=None) -> tuple[float
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     loss_sum, count, n = torch.zeros((), device=device), 0, 0
-    for x, y in batches:
-        k = int((y != -1).sum())  # counted on the CPU batch: no wait for the device per batch
-        x, y = x.to(device), y.to(device)
+    for batch in batches:
+        x, y, *packed = (t.to(device) for t in batch)  # packed: (inputs, targets, positions)
+        k = int((batch[1] != -1).sum())  # counted on the CPU batch: no wait for the device per batch
         with autocast:
-            loss = model(x, y)
+            loss = model(x, y, positions=packed[0]) if packed else model(x, y)
         loss_sum += loss.float() * k
         count += k
         n += 1

@@ -15,15 +15,32 @@ from trainframe.data.shards import TokenWindows, open_shards, write_shards
 from trainframe.errors import UserError
 
 
+PACK_HELP = ("attention within each document (split at the tokenizer's EOS) and positions restarting at "
+             "each, instead of windows that run across documents (docs/engine.md)")
+
+
 class TokensConfig(ComponentConfig):
     path: str = Field(description="directory with index.json and .bin shards")
     val_fraction: float = Field(0.05, ge=0, lt=1)
+    pack: bool = Field(False, description=PACK_HELP)
 
 
 class TextFileConfig(ComponentConfig):
     path: str | list[str] = Field(description="a text file, a glob, or a list of them")
     val_fraction: float = Field(0.1, ge=0, lt=1)
     cache_dir: str | None = Field(None, description="where tokenized shards go; default ~/.cache/trainframe")
+    pack: bool = Field(False, description=PACK_HELP)
+
+
+def pack_eos(pack: bool, tokenizer) -> int | None:
+    """The EOS id packed windows split documents at (None: not packed)."""
+    if not pack:
+        return None
+    eos = getattr(tokenizer, "eos_id", None)
+    if eos is None:
+        raise UserError(f"data.pack: needs a tokenizer with an EOS token between documents "
+                        f"({type(tokenizer).__name__} has no eos_id); set data.pack=false")
+    return eos
 
 
 def cache_root(cfg_dir: str | None) -> Path:
@@ -52,7 +69,7 @@ def build_tokens(cfg: TokensConfig, *, tokenizer, context: int, seed: int, rank:
     if index.get("vocab_size", 0) > tokenizer.vocab_size():
         raise UserError(f"data.path: {cfg.path}: shards use vocab {index['vocab_size']}, "
                         f"the tokenizer has {tokenizer.vocab_size()}")
-    return TokenWindows(arrays, context, cfg.val_fraction, seed, rank, world_size)
+    return TokenWindows(arrays, context, cfg.val_fraction, seed, rank, world_size, pack_eos(cfg.pack, tokenizer))
 
 
 def build_textfile(cfg: TextFileConfig, *, tokenizer, context: int, seed: int, rank: int = 0, world_size: int = 1):
@@ -78,4 +95,4 @@ def build_textfile(cfg: TextFileConfig, *, tokenizer, context: int, seed: int, r
         write_shards(out, chunks(), tokenizer.vocab_size(),
                      {"sources": [str(f) for f in files], "tokenizer": fingerprint})
     _, arrays = open_shards(out)
-    return TokenWindows(arrays, context, cfg.val_fraction, seed, rank, world_size)
+    return TokenWindows(arrays, context, cfg.val_fraction, seed, rank, world_size, pack_eos(cfg.pack, tokenizer))

@@ -82,17 +82,31 @@ def open_shards(path: Path) -> tuple[dict, list[np.memmap]]:
     return index, arrays
 
 
+def eos_positions(inputs: np.ndarray, eos: int) -> np.ndarray:
+    """(B, T) positions within documents: 0 at each row's start and at each EOS, counting up between."""
+    index = np.arange(inputs.shape[1])
+    starts = np.where(inputs == eos, index, 0)  # index 0 starts every row
+    return index - np.maximum.accumulate(starts, axis=1)
+
+
 class TokenWindows:
     """Non-overlapping windows of ``context + 1`` tokens over shards, split into train and val.
 
     Training draws windows in a fresh seeded permutation each epoch; the position (epoch, index)
     is the whole state, so a resumed run sees exactly the batches an uninterrupted one would.
     Under data parallelism rank r takes every world_size-th window of the permutation.
+
+    With ``pack_eos`` (the EOS id) windows are read as packed documents: batches are (inputs,
+    targets, positions), a document starting at each EOS input (the EOS that ended the one before
+    acts as its beginning) and at the window's start, so attention stays within a document and
+    positions restart. No target crosses a boundary: the last token of a document predicts its EOS,
+    and the EOS predicts the first token of the document it begins.
     """
 
-    def __init__(self, arrays, context: int, val_fraction: float, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, arrays, context: int, val_fraction: float, seed: int, rank: int = 0, world_size: int = 1,
+                 pack_eos: int | None = None):
         self.arrays, self.context, self.seed = arrays, context, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pack_eos = rank, world_size, pack_eos
         train, val = [], []
         for s, arr in enumerate(arrays):
             n = (arr.size - 1) // context
@@ -117,12 +131,14 @@ class TokenWindows:
             self._perm = perm[self.rank:: self.world_size]
         return self._perm
 
-    def _gather(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
         out = np.empty((len(rows), self.context + 1), dtype=np.int64)
         for i, (s, start) in enumerate(rows):
             out[i] = self.arrays[s][start: start + self.context + 1]
         t = torch.from_numpy(out)
-        return t[:, :-1], t[:, 1:]
+        if self.pack_eos is None:
+            return t[:, :-1], t[:, 1:]
+        return t[:, :-1], t[:, 1:], torch.from_numpy(eos_positions(out[:, :-1], self.pack_eos))
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = []

@@ -207,7 +207,7 @@ class Trainer:
             loss, grad_norm, update_norms = self._full_step(batches)
         else:
             loss, grad_norm, update_norms = self._forward_only(batches), None, {}
-        tokens = sum(int(x.numel()) for x, _ in batches) * self.world.size  # every rank's
+        tokens = sum(int(b[0].numel()) for b in batches) * self.world.size  # every rank's
         self.tokens_seen += tokens
         outcome = StepOutcome(step, phase, loss, lr, grad_norm, update_norms, batches)
         metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "phase": phase.value}
@@ -228,13 +228,13 @@ class Trainer:
         """The step's loss over its micro-batches, running backward per micro-batch when asked.
         Each micro-batch is weighted by its share of counted targets, so accumulation equals one
         big batch even when padding (-1 targets) is uneven."""
-        counts = [(y != -1).sum() for _, y in batches]
+        counts = [(b[1] != -1).sum() for b in batches]
         total = torch.stack(counts).sum().clamp(min=1)
         loss_sum = torch.zeros((), device=self.device)
-        for i, ((x, y), n) in enumerate(zip(batches, counts)):
-            self.hook.trainframe_batch_ready(trainer=self, batch=(x, y))
+        for i, (batch, n) in enumerate(zip(batches, counts)):
+            self.hook.trainframe_batch_ready(trainer=self, batch=batch)
             with self._grad_sync(backward and i == len(batches) - 1):
-                loss = self.forward(x, y)
+                loss = self.forward(*batch)
             self.hook.trainframe_after_loss(trainer=self, loss=loss)
             weighted = loss.float() * (n / total)
             if backward:
@@ -242,12 +242,15 @@ class Trainer:
             loss_sum += weighted.detach()
         return distributed.mean(loss_sum, self.world)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss of one micro-batch through the (compiled, wrapped) model, under autocast."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of one micro-batch through the (compiled, wrapped) model, under autocast.
+        ``positions``: a packed batch; its document mask is built here, outside torch.compile."""
+        packed = {} if positions is None else {"positions": positions,
+                                               "doc_mask": self.model.document_mask(positions)}
         if self.cuda_graphs:  # a new replay: the last one's outputs (loss, gradients) have been used
             torch.compiler.cudagraph_mark_step_begin()
         with self.autocast:
-            return self.forward_model(x, y)
+            return self.forward_model(x, y, **packed)
 
     def _grad_sync(self, sync: bool):
         """Gradients are reduced across ranks on the last micro-batch only (``no_sync`` before)."""
@@ -351,12 +354,12 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def _to_device(self, batch):
-        x, y = batch
+        """(inputs, targets) or, packed, (inputs, targets, positions) on the device."""
         if self.device.type == "cuda":
             # Contiguous before pinning: a strided view (x = window[:, :-1]) would be made contiguous
             # in pageable memory inside the copy, and a copy from pageable memory waits for the GPU.
-            return tuple(t.contiguous().pin_memory().to(self.device, non_blocking=True) for t in (x, y))
-        return x.to(self.device), y.to(self.device)
+            return tuple(t.contiguous().pin_memory().to(self.device, non_blocking=True) for t in batch)
+        return tuple(t.to(self.device) for t in batch)
 
     def mfu(self, tokens_per_s: float) -> float | None:
         """Model FLOPs utilisation per device at ``tokens_per_s`` over all ranks (None: peak unknown)."""
@@ -417,9 +420,9 @@ class Trainer:
         (no host sync: the caller reads it back once)."""
         sums = torch.zeros(2, device=self.device)
         for batch in batches:
-            x, y = self._to_device(batch)
-            loss = self.forward(x, y)
-            n = (y != -1).sum()
+            batch = self._to_device(batch)
+            loss = self.forward(*batch)
+            n = (batch[1] != -1).sum()
             sums += torch.stack([loss.float() * n, n.float()])
         return sums
 
