@@ -30,7 +30,7 @@ BAD = [
     ("optim: {lr: fast}", "x.yaml: optim.lr: expected a number > 0, got 'fast'"),
     ("optim: {lr: -1}", "x.yaml: optim.lr: expected a number > 0, got -1"),
     ("optim: {lrr: 0.1}", "x.yaml: optim.lrr: unknown key (did you mean 'lr'?)"),
-    ("optim: {name: sgd}", "x.yaml: optim.name: unknown optimizer 'sgd'; registered: adamw"),
+    ("optim: {name: sgd}", "x.yaml: optim.name: unknown optimizer 'sgd'; registered: adamw, muon"),
     ("optim: {betas: [0.9]}", "x.yaml: optim.betas: expected more items: item 1 is missing"),
     ("trainer: {max_step: 5}", "x.yaml: trainer.max_step: unknown key (did you mean 'max_steps'?)"),
     ("trainer: {max_steps: 0}", "x.yaml: trainer.max_steps: expected an integer > 0, got 0"),

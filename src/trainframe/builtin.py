@@ -10,6 +10,7 @@ from trainframe.logging import (ConsoleConfig, JsonlConfig, TensorboardConfig, b
                                 build_tensorboard)
 from trainframe.model import ModelConfig, build_model
 from trainframe.optim.adamw import AdamWConfig, build_adamw
+from trainframe.optim.muon import MuonConfig, build_muon
 from trainframe.optim.schedules import (ConstantConfig, CosineConfig, WSDConfig, build_constant, build_cosine,
                                         build_wsd)
 from trainframe.phases import FullConfig, build_full
@@ -23,6 +24,8 @@ def trainframe_register(registry):
     registry.add("dataset", "textfile", build_textfile, TextFileConfig,
                  help="plain text files, tokenized once into cached shards")
     registry.add("optimizer", "adamw", build_adamw, AdamWConfig, help="AdamW, weight decay on matrices only")
+    registry.add("optimizer", "muon", build_muon, MuonConfig,
+                 help="Muon for hidden matrices, AdamW for embeddings, head and vectors")
     registry.add("schedule", "constant", build_constant, ConstantConfig, help="linear warmup, then constant")
     registry.add("schedule", "cosine", build_cosine, CosineConfig, help="linear warmup, cosine to min_lr_ratio")
     registry.add("schedule", "wsd", build_wsd, WSDConfig, help="warmup-stable-decay")

@@ -15,6 +15,7 @@ from trainframe.engine import distributed
 from trainframe.engine.distributed import World
 from trainframe.engine.loop import Trainer
 from trainframe.errors import UserError
+from trainframe.optim.combined import CombinedOptimizer
 from trainframe.plugins import hook_problems, invalid_hook_message
 
 
@@ -55,6 +56,21 @@ def build_dataset(cfg: RunConfig, plugins, tokenizer, context: int, *, seed: int
                  seed=cfg.seed if seed is None else seed, rank=rank, world_size=world_size)
 
 
+def build_optimizer(cfg: RunConfig, plugins, model, device: torch.device, world: World):
+    """The config's optimizer; several (a factory may return a list or tuple) become one
+    :class:`CombinedOptimizer` here, so everything downstream sees a single optimizer."""
+    optimizer = _make(plugins, "optimizer", cfg.optim, cfg.components["optim"], model, device)
+    if isinstance(optimizer, (list, tuple)):
+        optimizer = CombinedOptimizer(optimizer)
+    muon = getattr(torch.optim, "Muon", ())  # () where torch has no Muon: isinstance is then False
+    if (world.distributed and cfg.trainer.distributed == "fsdp2"
+            and any(isinstance(opt, muon) for opt in getattr(optimizer, "optimizers", [optimizer]))):
+        raise UserError(f"optim: Muon orthogonalizes whole weight matrices, but trainer.distributed=fsdp2 gives each "
+                        f"of the {world.size} ranks a shard of each; use trainer.distributed=ddp (each rank then "
+                        "orthogonalizes the full gradient) or an optimizer without Muon")
+    return optimizer
+
+
 def build_trainer(cfg: RunConfig, plugins, run_dir: Path, world: World | None = None) -> Trainer:
     """``world``: this process's place under torchrun (``distributed.init``); one process by default."""
     world = world or World()
@@ -73,7 +89,7 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, world: World | None = 
     dataset = build_dataset(cfg, plugins, tokenizer, context, rank=world.rank, world_size=world.size)
     # Before the optimizer: FSDP2 replaces the parameters with sharded ones.
     wrapped = distributed.wrap(model, world, cfg.trainer, device)
-    optimizer = _make(plugins, "optimizer", cfg.optim, cfg.components["optim"], model, device)
+    optimizer = build_optimizer(cfg, plugins, model, device, world)
     schedule = _make(plugins, "schedule", cfg.schedule, cfg.components["schedule"], cfg.trainer.max_steps)
     controller = _make(plugins, "phases", cfg.phases, cfg.components["phases"])
     listeners = []
