@@ -240,7 +240,39 @@ def document_mask(positions: torch.Tensor, flex: bool):
     def same_document_causal(b, h, q, kv):
         return (docs[b, q] == docs[b, kv]) & (q >= kv)
 
-    return create_block_mask(same_document_causal, B, None, T, T, device=docs.device, _compile=True)
+    if T % FLEX_BLOCK:
+        return create_block_mask(same_document_causal, B, None, T, T, device=docs.device, _compile=True)
+    return _document_block_mask(docs, same_document_causal)
+
+
+FLEX_BLOCK = 128  # FlexAttention's default block size
+
+
+def _document_block_mask(docs: torch.Tensor, mask_mod) -> BlockMask:
+    """The BlockMask of ``same document and causal``, from each block's first and last document
+    number (documents are contiguous, so those bound the block): a few small tensor ops with no
+    host sync, where ``create_block_mask`` evaluates the mask at every position and took more
+    host time per step than the whole step of a small model (docs/performance.md)."""
+    B, T = docs.shape
+    n = T // FLEX_BLOCK
+    blocks = docs.view(B, n, FLEX_BLOCK)
+    first, last = blocks[..., 0], blocks[..., -1]
+    q_first, q_last = first[:, :, None], last[:, :, None]  # (B, q block, 1)
+    kv_first, kv_last = first[:, None, :], last[:, None, :]  # (B, 1, kv block)
+    below = torch.ones(n, n, dtype=torch.bool, device=docs.device).tril(-1)
+    diagonal = torch.eye(n, dtype=torch.bool, device=docs.device)
+    # An earlier kv block shares a document with the q block iff its last document is the q block's first.
+    touches = ((kv_last == q_first) & below) | diagonal
+    full = (kv_first == q_last) & below  # both blocks inside one document: no mask needed
+    partial = touches & ~full
+
+    def as_blocks(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = m.sum(-1, dtype=torch.int32)[:, None]
+        indices = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)[:, None]
+        return counts, indices
+
+    return BlockMask.from_kv_blocks(*as_blocks(partial), *as_blocks(full), BLOCK_SIZE=FLEX_BLOCK,
+                                    mask_mod=mask_mod, seq_lengths=(T, T))
 
 
 class Attention(nn.Module):

@@ -48,3 +48,38 @@ def test_packed_text_run_trains_and_resumes_exactly(tiny_config, tmp_path):
     whole = losses(tmp_path / "whole")
     assert losses(tmp_path / "cut") == whole  # exact, step by step
     assert whole[12] < whole[1]
+
+
+def test_document_block_mask_equals_create_block_mask():
+    """The block mask built from each block's first and last document is the one FlexAttention's
+    create_block_mask makes (partial and full blocks alike), and attends like the dense mask."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from trainframe.model.gpt import _document_block_mask, document_ids
+
+    gen = torch.Generator().manual_seed(0)
+    for longest in (40, 300):
+        rows = []
+        for _ in range(2):
+            row = []
+            while len(row) < 256:
+                row += range(int(torch.randint(1, longest, (), generator=gen)))
+            rows.append(row[:256])
+        docs = document_ids(torch.tensor(rows))
+
+        def same_document_causal(b, h, q, kv):
+            return (docs[b, q] == docs[b, kv]) & (q >= kv)
+
+        ours = _document_block_mask(docs, same_document_causal)
+        theirs = create_block_mask(same_document_causal, 2, None, 256, 256, device="cpu")
+        assert torch.equal(ours.to_dense(), theirs.to_dense())
+        assert torch.equal(ours.full_kv_num_blocks, theirs.full_kv_num_blocks)
+        q, k, v = (torch.randn(2, 2, 256, 8, generator=gen) for _ in range(3))
+        dense = (docs[:, :, None] == docs[:, None, :]) & torch.ones(256, 256, dtype=torch.bool).tril()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # eager FlexAttention on CPU: the reference implementation
+            out = flex_attention(q, k, v, block_mask=ours)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense[:, None])
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
