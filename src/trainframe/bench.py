@@ -10,8 +10,10 @@ are for all ranks together. The run is the config's own: same model, optimizer, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +62,7 @@ class StepTimer:
     def __init__(self, device: torch.device, warmup: int, last: int, profile: bool = False):
         self.device, self.warmup, self.last = device, warmup, last
         self.start = self.end = None
+        self.targets = torch.zeros((), dtype=torch.long, device=device)  # counted targets of the timed steps
         self.profiler = None
         if profile:
             activities = [torch.profiler.ProfilerActivity.CPU]
@@ -83,6 +86,11 @@ class StepTimer:
             if self.profiler is not None:
                 self.profiler.start()
             self.start = time.perf_counter()
+
+    @trainframe.hookimpl
+    def trainframe_batch_ready(self, batch):
+        if self.start is not None and self.end is None:  # on the device: no host sync per step
+            self.targets += (batch[1] != -1).sum()
 
     @trainframe.hookimpl
     def trainframe_step_end(self, step):
@@ -156,8 +164,11 @@ def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None, profil
             with atomic_path(profile) as tmp:
                 timer.profiler.export_chrome_trace(str(tmp))
             profiled = {"profile": {"trace": str(profile), "top": timer.top_operators(steps)}}
+        # Counted (non-padding) targets per second: what packing raises; one rank's count, times the ranks.
+        target_tokens_per_s = float(timer.targets) * trainer.world.size / (timer.end - timer.start)
         return {
             "tokens_per_s": tokens_per_s,
+            "target_tokens_per_s": target_tokens_per_s,
             "ms_per_step": seconds * 1e3,
             "mfu": trainer.mfu(tokens_per_s),  # per GPU; tokens/s counts every rank
             "peak_mem_gb": trainer.peak_mem_gb() if cuda else None,
@@ -202,7 +213,9 @@ def run_bench(config, overrides: list[str], steps: int, warmup: int, data: str, 
 
 
 def throughput_main(args: argparse.Namespace) -> int:
-    result = run_bench(args.config, args.overrides, args.steps, args.warmup, args.data, profile=args.profile)
+    # With --json, stdout holds the one JSON object: the dataset's log lines go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = run_bench(args.config, args.overrides, args.steps, args.warmup, args.data, profile=args.profile)
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports for all
         return 0
     if args.json:
@@ -214,6 +227,7 @@ def throughput_main(args: argparse.Namespace) -> int:
           f"{result['grad_accum']} x context {result['context']}, {args.data} data, {result['device']}, "
           f"torch {result['torch']}")
     print(f"  tokens/s     {result['tokens_per_s']:,.0f}")
+    print(f"  targets/s    {result['target_tokens_per_s']:,.0f}   (counted targets: padding left out)")
     print(f"  ms/step      {result['ms_per_step']:.2f}   ({args.steps} steps after {args.warmup} warm-up)")
     print(f"  MFU          {mfu}")
     print(f"  peak memory  {mem}")
