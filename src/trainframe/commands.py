@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from trainframe.bench import throughput_args, throughput_main
+from trainframe.bench_target import target_args, target_main
 from trainframe.config import load_config
 from trainframe.engine import checkpoint as ckpt
 from trainframe.errors import UserError
@@ -487,6 +488,8 @@ def register_commands(registry) -> None:
     registry.add_command("resume", resume_main, resume_args, help="continue a run from its newest good checkpoint")
     registry.add_command("bench throughput", throughput_main, throughput_args,
                          help="time training steps: tokens/s, ms/step, MFU, peak memory")
+    registry.add_command("bench target", target_main, target_args,
+                         help="recipes against a baseline: wall-clock, tokens, steps and FLOPs to a target val loss")
     registry.add_command("config show", config_show_main, _config_args, help="print the resolved config")
     registry.add_command("config validate", config_validate_main, _config_args, help="check a config")
     registry.add_command("plugins", plugins_main, help="list plugins, versions and what each registers")

@@ -1,0 +1,450 @@
+"""``trainframe bench target``: the wall-clock, tokens, steps and FLOPs each recipe needs to reach a
+target validation loss.
+
+A recipe is a name, a config and overrides; the first one is the baseline. Every recipe trains with
+the same seeds (seed, seed+1, ...) to its own ``trainer.max_steps``, and its loss on the config's
+fixed val set is measured every ``--eval-every`` steps and at 50%, 75% and 100% of its budget. The
+targets are the val losses the baseline reaches at 50/75/100% of its budget (median over seeds).
+``bench predictive`` (the hybrid plugin) is this machinery with one recipe per phase controller.
+
+The clock, and why:
+- Compile (and CUDA-graph recording) happens in a warm-up before it starts, so no recipe pays for it;
+  the warm-up's steps are then undone (weights, optimizer, data position, RNG), so it changes no result.
+- It times ``Trainer.fit``, the loop ``trainframe train`` runs (batches prefetched, the config's
+  logging cadence), and synchronises the device only at eval points: a sync per step would slow
+  the recipes that avoid host syncs (CUDA graphs, deferred loss reads).
+- Eval is outside it and reported apart (``eval_s``); so is the warm-up (``compile_s``).
+- A phase controller's own work is inside: it is part of the recipe's cost. A controller that times
+  it (an ``overhead_s`` attribute, seconds) also has it converted to FLOPs: what the model computes
+  in that time at the run's measured FLOP rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+import trainframe
+from trainframe.bench import _device_name
+from trainframe.config import load_config
+from trainframe.errors import UserError
+from trainframe.fileio import atomic_path, write_text_atomic
+from trainframe.phases import FullController, Phase
+
+TARGETS = (("50%", 0.5), ("75%", 0.75), ("100%", 1.0))
+WARMUP_STEPS = 3  # compile, then CUDA-graph warm-up and recording: three calls of each path
+# Every bench run: no logs, samples or checkpoints in the scratch dir, no evals but the bench's own.
+BENCH_OVERRIDES = ("loggers=[]", "callbacks=[]", "trainer.sample_tokens=0", "trainer.save_every=0",
+                   "trainer.eval_every=0")
+# summary key -> curve key: the amounts it took to reach each target
+TO_TARGET = {"time": "wall_s", "tokens": "tokens", "useful_tokens": "useful_tokens", "steps": "step",
+             "optimizer_steps": "optimizer_steps", "backward_passes": "backward_passes", "flops": "flops"}
+MEDIANS = ("steps", "optimizer_steps", "predict_steps", "correct_steps", "backward_passes", "tokens",
+           "useful_tokens", "flops", "controller_flops", "controller_s", "wall_s", "eval_s", "compile_s",
+           "final_val_loss")
+
+
+@dataclass
+class Recipe:
+    name: str
+    config: str
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class View:
+    """What a bench built on this one adds (``bench predictive``: controllers, divergences)."""
+
+    label: str = "recipe"  # what a recipe is called in the table and plot
+    run_fields: Callable | None = None  # trainer -> extra per-run fields, read after its run
+    summed: tuple[str, ...] = ()  # of those, the ones summed over seeds in the summary
+    columns: tuple = ()  # extra table columns: (header, row -> text)
+    x2: str = "tokens"  # the x axis of the plot's second panel (a curve key)
+
+
+# ------------------------------------------------------------------------------------- the CLI
+def target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML run config: every recipe's unless a --recipes entry names its own")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides applied to every recipe, before the recipe's own")
+    p.add_argument("--recipe", action="append", default=[], metavar='"NAME [KEY=VALUE ...]"',
+                   help="a recipe: a name and its overrides in one quoted string; repeat for more. The first "
+                        "recipe is the baseline (make it the plain one: AdamW, padded windows, compile on, no "
+                        "CUDA graphs); with no recipe at all, CONFIG is the only one")
+    p.add_argument("--recipes", type=Path, metavar="FILE.yaml",
+                   help="recipes from a file: 'recipes: [{name: N, config: PATH (default CONFIG), overrides: "
+                        "[KEY=VALUE, ...]}]'; they come before any --recipe; paths are relative to the "
+                        "current directory, as CONFIG is")
+    p.add_argument("--seeds", type=int, default=3, help="runs per recipe, seeds seed, seed+1, ... (default 3)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="steps between val evals (default each recipe's max_steps/20); also at 50/75/100%%")
+    p.add_argument("--stop-at-target", action="store_true",
+                   help="run the baseline's seeds first, then stop every other recipe at its first eval that "
+                        "reaches the 100%% target (the baseline's final val loss)")
+    p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for results.json, results.md, curves.png (default runs/bench-target-TIME)")
+
+
+def target_main(args: argparse.Namespace) -> int:
+    from trainframe.plugins import current
+
+    recipes = read_recipes(args.recipes, args.config) if args.recipes else []
+    recipes += [parse_recipe(text, args.config) for text in args.recipe]
+    out = args.out or Path("runs") / f"bench-target-{time.strftime('%Y%m%d-%H%M%S')}"
+    return run(recipes or [Recipe("baseline", args.config)], args.overrides, current(), seeds=args.seeds,
+               eval_every=args.eval_every, stop_at_target=args.stop_at_target, out=out, as_json=args.json)
+
+
+def parse_recipe(text: str, config) -> Recipe:
+    """``"NAME KEY=VALUE ..."`` (shell quoting) -> a recipe of ``config``."""
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        raise UserError(f"--recipe {text!r}: {e}") from None
+    if not words or "=" in words[0]:
+        raise UserError(f"--recipe {text!r}: expected a name first, then KEY=VALUE overrides")
+    return Recipe(words[0], str(config), words[1:])
+
+
+def read_recipes(path: Path, config) -> list[Recipe]:
+    where = f"--recipes: {path}"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise UserError(f"{where}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+    items = data.get("recipes") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        raise UserError(f"{where}: expected 'recipes:' and a list of {{name, config, overrides}}")
+    recipes = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise UserError(f"{where}: recipes[{i}]: expected a mapping with a name")
+        unknown = sorted(set(item) - {"name", "config", "overrides"})
+        if unknown:
+            raise UserError(f"{where}: recipes[{i}]: unknown key '{unknown[0]}' (expected name, config, overrides)")
+        overrides = item.get("overrides") or []
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise UserError(f"{where}: recipes[{i}].overrides: expected a list of KEY=VALUE strings")
+        recipes.append(Recipe(item["name"], str(item.get("config") or config), overrides))
+    return recipes
+
+
+# ---------------------------------------------------------------------------------- the bench
+def run(recipes: list[Recipe], overrides: list[str], plugins, *, seeds: int, eval_every: int | None,
+        stop_at_target: bool, out: Path, as_json: bool, view: View = View()) -> int:
+    """Run every recipe ``seeds`` times, write the results to ``out`` after every run, print them."""
+    if seeds < 1:
+        raise UserError(f"--seeds: expected a positive integer, got {seeds}")
+    if eval_every is not None and eval_every < 1:
+        raise UserError(f"--eval-every: expected a positive integer, got {eval_every}")
+    names = [r.name for r in recipes]
+    for name in names:
+        if names.count(name) > 1:
+            raise UserError(f"recipe '{name}' is named twice; recipe names must differ")
+    configs = {r.name: _load(r, overrides, plugins.registry) for r in recipes}  # every typo before any run
+    baseline = names[0]
+    order = [(name, s) for s in range(seeds) for name in names]  # seed by seed: a cut-off run has every recipe
+    if stop_at_target:  # the targets must be known before the other recipes run
+        order = [(baseline, s) for s in range(seeds)] + [(n, s) for s in range(seeds) for n in names[1:]]
+    meta = {"config": configs[baseline].name, "eval_every": eval_every, "stop_at_target": stop_at_target,
+            "recipes": {r.name: {"config": r.config, "overrides": [*overrides, *r.overrides],
+                                 "max_steps": configs[r.name].trainer.max_steps} for r in recipes}}
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict]] = {}
+    summary = None
+    # With --json, stdout holds the one JSON object: a dataset's log lines go to stderr.
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with quiet, tempfile.TemporaryDirectory(prefix="trainframe-bench-") as scratch:
+        for i, (name, s) in enumerate(order):
+            cfg = configs[name].model_copy(update={"seed": configs[name].seed + s})
+            stop_at = summary["targets"]["100%"] if stop_at_target and name != baseline else None
+            result = run_one(cfg, plugins, Path(scratch) / str(i), eval_every, stop_at, view.run_fields)
+            if name == baseline and result["steps"] < cfg.trainer.max_steps:
+                raise UserError(f"baseline '{name}' (seed {cfg.seed}) stopped at step {result['steps']} of "
+                                f"{cfg.trainer.max_steps} ({result['stopped']}): its val losses are the targets")
+            runs.setdefault(name, []).append(result)
+            summary = summarize(runs, meta, view)
+            table = markdown_table(summary, view)
+            _write(summary, table, out, view)  # after every run: a cut-off bench keeps what it measured
+            print(_progress(name, result, summary["targets"]), file=sys.stderr, flush=True)
+    print(json.dumps(summary, indent=2) if as_json else table)
+    print(f"results in {out}", file=sys.stderr)
+    return 0
+
+
+def _load(recipe: Recipe, overrides: list[str], registry):
+    try:
+        return load_config(recipe.config, [*overrides, *recipe.overrides, *BENCH_OVERRIDES], registry)
+    except UserError as e:
+        raise UserError("\n".join(f"recipe '{recipe.name}': {line}" for line in str(e).splitlines())) from None
+
+
+def _progress(name: str, run: dict, targets: dict) -> str:
+    reached = _first_reach(run["curve"], targets["100%"], "wall_s")
+    controller = f", controller {run['controller_s']:.2f} s" if run["controller_s"] else ""
+    return (f"{name} seed {run['seed']}: {run['steps']} steps, {run['backward_passes']} backward passes, final val "
+            f"loss {run['final_val_loss']:.4f}, {run['wall_s']:.2f} s (eval {run['eval_s']:.2f} s, warm-up "
+            f"{run['compile_s']:.2f} s{controller}), "
+            + ("100% target not reached" if reached is None else f"100% target at {reached:.2f} s")
+            + (" (stopped there)" if run["stopped"] == "target" else ""))
+
+
+def _synced_now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+@torch.no_grad()
+def val_loss(trainer) -> float:
+    """Mean loss over the fixed val set (the engine's eval, without its hooks and checkpoint)."""
+    t = trainer.config.trainer
+    trainer.model.eval()
+    total, count = trainer.loss_sums(trainer.dataset.val_batches(t.batch_size, t.eval_batches)).tolist()
+    trainer.model.train()
+    return total / max(count, 1)
+
+
+def warm_up(trainer) -> float:
+    """Run each path the clock will time a few times (train steps, the forward-only passes of
+    predict/correct steps, eval), then put the whole run state back. Returns its seconds."""
+    start = time.perf_counter()
+    state = copy.deepcopy(trainer.state_dict())
+    # The recipe's controller sees none of these steps: a controller's state before its first step
+    # need not round-trip through its state_dict (the hybrid one sets itself up on first sight).
+    controller, trainer.controller = trainer.controller, FullController()
+    try:
+        for _ in range(WARMUP_STEPS):
+            trainer.train_step()
+        trainer.flush()
+        # Forward only (loss_sums runs without grad) in train mode: the predict/correct steps' graph.
+        trainer.loss_sums(trainer.dataset.val_batches(trainer.config.trainer.batch_size, WARMUP_STEPS))
+        val_loss(trainer)
+    finally:
+        trainer.controller = controller
+    trainer.load_state_dict(state)
+    return _synced_now(trainer.device) - start
+
+
+class Clock:
+    """A listener on the run's ``fit``: counts each step's FLOPs, and at eval points stops the clock,
+    measures the val loss, and ends the run when it reached ``stop_at``."""
+
+    def __init__(self, trainer, eval_at: set[int], stop_at: float | None):
+        self.eval_at, self.stop_at = eval_at, stop_at
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        self.flops_per_token = trainer.flops_per_token or 6.0 * n_params  # forward 1/3, backward 2/3
+        self.phases: Counter = Counter()
+        self.model_flops = self.wall = self.eval_s = 0.0
+        self.tokens = trainer.tokens_seen
+        self.useful = torch.zeros((), dtype=torch.long, device=trainer.device)  # counted targets, on the device
+        self.start: float | None = None
+        self.curve: list[dict] = []
+        self.measure(trainer)
+
+    def overhead(self, trainer) -> tuple[float, float]:
+        """The controller's seconds so far, and them in FLOPs at the run's model FLOP rate."""
+        seconds = getattr(trainer.controller, "overhead_s", 0.0)
+        model_s = self.wall - seconds
+        return seconds, (seconds * self.model_flops / model_s if model_s > 0 else 0.0)
+
+    def measure(self, trainer) -> float:
+        begin = time.perf_counter()
+        loss = val_loss(trainer)
+        self.eval_s += time.perf_counter() - begin
+        self.curve.append({"step": trainer.step, "wall_s": self.wall, "tokens": trainer.tokens_seen,
+                           "useful_tokens": int(self.useful) * trainer.world.size,  # synced by the eval
+                           "optimizer_steps": self.phases[Phase.FULL], "backward_passes": trainer.backward_passes,
+                           "flops": self.model_flops + self.overhead(trainer)[1], "val_loss": loss})
+        return loss
+
+    def pause(self, trainer) -> None:
+        if self.start is not None:
+            self.wall += _synced_now(trainer.device) - self.start
+            self.start = None
+
+    @trainframe.hookimpl
+    def trainframe_step_start(self, trainer):
+        if self.start is None:  # the first step (after an eval the clock restarts at once)
+            self.start = _synced_now(trainer.device)
+
+    @trainframe.hookimpl
+    def trainframe_batch_ready(self, batch):
+        self.useful += (batch[1] != -1).sum()  # not padding; read back at eval points only
+
+    @trainframe.hookimpl
+    def trainframe_step_end(self, trainer, step):
+        # Host-side counts only: reading anything from the device here would sync every step.
+        self.phases[trainer.phase] += 1
+        tokens, self.tokens = trainer.tokens_seen - self.tokens, trainer.tokens_seen
+        self.model_flops += tokens * self.flops_per_token * (1 if trainer.phase == Phase.FULL else 1 / 3)
+        if step in self.eval_at:
+            self.pause(trainer)
+            loss = self.measure(trainer)
+            if self.stop_at is not None and loss <= self.stop_at:
+                trainer.stop_reason = "target"  # fit() ends after this step
+            elif step < trainer.max_steps:
+                self.start = time.perf_counter()  # the eval synchronised the device
+
+    def finish(self, trainer) -> None:
+        """After fit: a run stopped between eval points (NaN steps) gets its last point."""
+        self.pause(trainer)
+        if self.curve[-1]["step"] != trainer.step:
+            self.measure(trainer)
+
+
+def run_one(cfg, plugins, run_dir: Path, eval_every: int | None = None, stop_at: float | None = None,
+            run_fields: Callable | None = None) -> dict:
+    """Train ``cfg`` to its budget (or until its val loss reaches ``stop_at``) on the bench's clock."""
+    from trainframe.engine.build import build_trainer
+    from trainframe.engine.loop import TrainingStopped
+
+    trainer = build_trainer(cfg, plugins, run_dir)
+    max_steps = trainer.max_steps
+    every = eval_every or max(1, max_steps // 20)
+    eval_at = set(range(every, max_steps + 1, every)) | {round(max_steps * f) for _, f in TARGETS}
+    compile_s = warm_up(trainer)
+    clock = Clock(trainer, eval_at, stop_at)
+    trainer.listeners.append(clock)
+    try:
+        stopped = trainer.fit(finish=False)
+    except TrainingStopped:
+        stopped = "nonfinite"
+    if stopped == "interrupted":
+        raise KeyboardInterrupt
+    clock.finish(trainer)
+    controller_s, controller_flops = clock.overhead(trainer)
+    return {"seed": cfg.seed, "steps": trainer.step, "optimizer_steps": clock.phases[Phase.FULL],
+            "predict_steps": clock.phases[Phase.PREDICT], "correct_steps": clock.phases[Phase.CORRECT],
+            "backward_passes": trainer.backward_passes, "tokens": trainer.tokens_seen,
+            "useful_tokens": clock.curve[-1]["useful_tokens"],
+            "flops": clock.curve[-1]["flops"], "controller_flops": controller_flops, "controller_s": controller_s,
+            "wall_s": clock.wall, "eval_s": clock.eval_s, "compile_s": compile_s,
+            "final_val_loss": clock.curve[-1]["val_loss"], "stopped": stopped, "device": _device_name(trainer.device),
+            **(run_fields(trainer) if run_fields else {}), "curve": clock.curve}
+
+
+# ------------------------------------------------------------------------------------ results
+def _median(values) -> float | None:
+    """Median where a run that never got there counts as infinitely late; None if the median did not."""
+    m = statistics.median(math.inf if v is None else v for v in values)
+    return None if m == math.inf else m
+
+
+def _first_reach(curve: list[dict], target: float, key: str):
+    return next((p[key] for p in curve if p["val_loss"] <= target), None)
+
+
+def summarize(runs: dict[str, list[dict]], meta: dict, view: View = View()) -> dict:
+    """Medians over seeds per recipe, and the amounts each needed to reach the baseline's targets.
+    ``runs``: recipe -> its runs so far, the baseline first; ``meta``: what ``run`` was given."""
+    baseline = next(iter(runs))
+    max_steps = meta["recipes"][baseline]["max_steps"]
+
+    def loss_at(run: dict, step: int) -> float:
+        return next(p["val_loss"] for p in run["curve"] if p["step"] == step)
+
+    # median_high: with an even number of seeds the target is a loss the baseline really reached
+    targets = {label: statistics.median_high(loss_at(r, round(max_steps * f)) for r in runs[baseline])
+               for label, f in TARGETS}
+    summary = {"config": meta["config"], "device": runs[baseline][0]["device"], "torch": torch.__version__,
+               "seeds": len(runs[baseline]), "baseline": baseline, "max_steps": max_steps,
+               "eval_every": meta["eval_every"], "stop_at_target": meta["stop_at_target"], "targets": targets,
+               "recipes": {}}
+    for name, rs in runs.items():
+        row = dict(meta["recipes"][name])
+        row.update({key: statistics.median(r[key] for r in rs) for key in MEDIANS})
+        row.update({key: sum(r[key] for r in rs) for key in view.summed})
+        for key, point in TO_TARGET.items():
+            row[f"{key}_to_target"] = {label: _median([_first_reach(r["curve"], v, point) for r in rs])
+                                       for label, v in targets.items()}
+        reached = row["time_to_target"]["100%"]
+        # the baseline's row comes first, and is its own reference
+        base = summary["recipes"][baseline]["time_to_target"]["100%"] if summary["recipes"] else reached
+        row["time_vs_baseline"] = reached / base if reached is not None and base else None
+        row["stopped_at_target"] = sum(r["stopped"] == "target" for r in rs)
+        row["runs"] = rs
+        summary["recipes"][name] = row
+    return summary
+
+
+def _fmt(v, spec=".2f") -> str:
+    return "not reached" if v is None else format(v, spec)
+
+
+def markdown_table(summary: dict, view: View = View()) -> str:
+    t = summary["targets"]
+    stop = (" Recipes after the baseline stop at their first eval that reaches the 100% target (marked *)."
+            if summary["stop_at_target"] else "")
+    lines = [(f"Config `{summary['config']}` on {summary['device']}, torch {summary['torch']}; median over "
+              f"{summary['seeds']} seed(s). Targets (the val loss of the baseline `{summary['baseline']}` at "
+              f"50/75/100% of its {summary['max_steps']} steps): {t['50%']:.4f} / {t['75%']:.4f} / {t['100%']:.4f}. "
+              "Wall-clock counts training only: the compile warm-up and eval are excluded, a phase "
+              f"controller's own time is included.{stop}"), ""]
+    headers = [view.label, "steps", "tokens", "wall s", "eval s", "final val loss", "s to 50%", "s to 75%",
+               "s to 100%", "tokens to 100%", "FLOPs to 100%", "time vs baseline", *(h for h, _ in view.columns)]
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for name, r in summary["recipes"].items():
+        tt, ratio = r["time_to_target"], r["time_vs_baseline"]
+        cells = [name + ("*" if r["stopped_at_target"] else ""), f"{r['steps']:.0f}", f"{r['tokens']:,.0f}",
+                 f"{r['wall_s']:.2f}", f"{r['eval_s']:.2f}", f"{r['final_val_loss']:.4f}", _fmt(tt["50%"]),
+                 _fmt(tt["75%"]), _fmt(tt["100%"]), _fmt(r["tokens_to_target"]["100%"], ",.0f"),
+                 _fmt(r["flops_to_target"]["100%"], ".3g"), "not reached" if ratio is None else f"{ratio:.2f}x",
+                 *(cell(r) for _, cell in view.columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+AXES = {"wall_s": "wall-clock s (training only)", "tokens": "tokens", "backward_passes": "backward passes"}
+
+
+def plot(summary: dict, path: Path, view: View = View()) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, r in summary["recipes"].items():
+        curves = [run["curve"] for run in r["runs"]]
+        n = min(len(cv) for cv in curves)  # a run stopped at the target has fewer points
+        loss = [statistics.median(cv[i]["val_loss"] for cv in curves) for i in range(n)]
+        for ax, key in zip(axes, ("wall_s", view.x2)):
+            ax.plot([statistics.median(cv[i][key] for cv in curves) for i in range(n)], loss, marker=".", label=name)
+    for ax, key in zip(axes, ("wall_s", view.x2)):
+        ax.axhline(summary["targets"]["100%"], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(AXES.get(key, key))
+        ax.set_ylabel("val loss (median over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{summary['config']}: val loss by {view.label}")
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def _write(summary: dict, table: str, out: Path, view: View) -> None:
+    write_text_atomic(out / "results.json", json.dumps(summary, indent=2))
+    write_text_atomic(out / "results.md", table)
+    plot(summary, out / "curves.png", view)
