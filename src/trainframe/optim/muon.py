@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from torch.optim._muon import _adjust_lr
+
 from trainframe.config import ComponentConfig
 from trainframe.errors import UserError
 
@@ -73,11 +75,59 @@ def split_params(model: torch.nn.Module, adamw_modules: list[str]) -> dict[str, 
     return groups
 
 
+def _orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
+                   eps: float) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz iteration on a stack (n, rows, cols) of matrices at once."""
+    a, b, c = coefficients
+    x = g.bfloat16()
+    tall = g.size(-2) > g.size(-1)
+    if tall:
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
+
+
+class StackedMuon(torch.optim.Muon):
+    """torch.optim.Muon with its step run on every matrix of one shape at once: the same update, state
+    and checkpoints, in a few batched kernels per shape instead of ~20 per matrix. On tct-small
+    (32 matrices, H200) torch's per-matrix loop made a 7.8 ms step take 37 ms, all of it launches."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            if not params:
+                continue
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            torch._foreach_lerp_(bufs, grads, 1 - momentum)
+            updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
+            by_shape: dict[torch.Size, list[int]] = {}
+            for i, p in enumerate(params):
+                by_shape.setdefault(p.shape, []).append(i)
+            if decay:
+                torch._foreach_mul_(params, 1 - lr * decay)
+            for shape, index in by_shape.items():
+                ortho = _orthogonalize(torch.stack([updates[i] for i in index]), group["ns_coefficients"],
+                                       group["ns_steps"], group["eps"])
+                same = [params[i] for i in index]
+                torch._foreach_add_(same, list(ortho.to(same[0].dtype).unbind(0)),
+                                    alpha=-_adjust_lr(lr, group["adjust_lr_fn"], shape))
+        return loss
+
+
 def build_muon(cfg: MuonConfig, model: torch.nn.Module, device: torch.device) -> list[torch.optim.Optimizer]:
     if not hasattr(torch.optim, "Muon"):
         raise UserError(f"optim.name=muon needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}")
     groups = split_params(model, cfg.adamw_modules)
-    muon = torch.optim.Muon([{"name": "muon", "params": groups["muon"]}], lr=cfg.lr, weight_decay=cfg.weight_decay,
+    muon = StackedMuon([{"name": "muon", "params": groups["muon"]}], lr=cfg.lr, weight_decay=cfg.weight_decay,
                             momentum=cfg.momentum, nesterov=cfg.nesterov, ns_steps=cfg.ns_steps,
                             adjust_lr_fn=cfg.adjust_lr_fn)
     adamw_groups = [{"name": "adamw_decay", "params": groups["adamw_decay"], "weight_decay": cfg.adamw_weight_decay},
