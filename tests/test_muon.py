@@ -85,13 +85,17 @@ def test_muon_trains_and_the_schedule_reaches_every_group(plugins, tiny_config, 
         assert g["base_lr"] == peak and g["lr"] == pytest.approx(peak * factor)
 
 
-def test_a_nonfinite_step_leaves_both_optimizers_alone(plugins, tiny_config, tmp_path):
-    trainer = make_trainer(plugins, tiny_config, tmp_path / "run", MUON)
+@pytest.mark.parametrize("on_device", [False, True])
+def test_a_nonfinite_step_leaves_both_optimizers_alone(plugins, tiny_config, tmp_path, on_device):
+    """Checked on the host, or (fused AdamW + StackedMuon) skipped on the device through found_inf."""
+    trainer = make_trainer(plugins, tiny_config, tmp_path / "run", "optim={name: muon, fused: %s}" % on_device)
+    assert trainer.defer_sync is on_device
     trainer.train_step()
     before = copy.deepcopy((trainer.model.state_dict(), trainer.optimizer.state_dict()))
     forward = trainer.forward_model
     trainer.forward_model = lambda *args, **kwargs: forward(*args, **kwargs) * float("nan")
     trainer.train_step()
+    trainer.flush()
     assert trainer.bad_steps_total == 1
     assert_same(before[0], trainer.model.state_dict())
     moments = lambda state: [member["state"] for member in state["optimizers"]]  # noqa: E731 (lr moved on)

@@ -57,7 +57,14 @@ from trainframe.phases import Phase, PhaseController, StepOutcome
 
 
 def skips_on_device(optimizer) -> bool:
-    """Fused Adam/AdamW skip a step whose ``found_inf`` flag is set, without a host sync."""
+    """Whether the optimizer skips a step whose ``found_inf`` flag (a 0-dim device tensor) is set,
+    without a host sync: fused Adam/AdamW, an optimizer that says so (``skips_on_device = True``,
+    e.g. ``StackedMuon``), or a combined optimizer all of whose members do."""
+    members = getattr(optimizer, "optimizers", None)
+    if members is not None:
+        return all(skips_on_device(m) for m in members)
+    if getattr(optimizer, "skips_on_device", False) is True:
+        return True
     return isinstance(optimizer, torch.optim.Adam) and bool(optimizer.defaults.get("fused"))
 
 

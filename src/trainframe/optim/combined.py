@@ -15,9 +15,9 @@ class CombinedOptimizer:
     ``lr`` writes (``base_lr`` x schedule) land in the members. Iterating yields the members, the
     form torch.distributed.checkpoint's ``get/set_optimizer_state_dict`` take under FSDP2.
 
-    Not a ``torch.optim.Optimizer``, so the engine never uses fused Adam's on-device NaN skip for it
-    (``skips_on_device`` is False): it checks the loss and grad norm on the host each step and
-    skips every member's update together, which is correct for any mix of members.
+    A NaN/Inf step is skipped by every member together: on the device, through ``found_inf``, when
+    every member can (fused AdamW, ``StackedMuon``: see ``skips_on_device`` in the loop), else by
+    the engine's host check of the loss and grad norm.
     """
 
     def __init__(self, optimizers):
@@ -39,6 +39,15 @@ class CombinedOptimizer:
     def state(self) -> dict:
         """Per-parameter state (moments) of every member; a read-only view, built on each access."""
         return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    @property
+    def found_inf(self):
+        return getattr(self.optimizers[0], "found_inf", None)
+
+    @found_inf.setter
+    def found_inf(self, flag) -> None:  # the engine's on-device skip flag, for every member
+        for opt in self.optimizers:
+            opt.found_inf = flag
 
     def step(self) -> None:
         for opt in self.optimizers:

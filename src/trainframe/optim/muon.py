@@ -93,7 +93,13 @@ def _orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], st
 class StackedMuon(torch.optim.Muon):
     """torch.optim.Muon with its step run on every matrix of one shape at once: the same update, state
     and checkpoints, in a few batched kernels per shape instead of ~20 per matrix. On tct-small
-    (32 matrices, H200) torch's per-matrix loop made a 7.8 ms step take 37 ms, all of it launches."""
+    (32 matrices, H200) torch's per-matrix loop made a 7.8 ms step take 37 ms, all of it launches.
+
+    Like fused AdamW it skips a step on the device when the engine sets ``found_inf`` (a 0-dim
+    tensor, 1 for a NaN/Inf loss or gradient): weights and momentum stay as they were, with no host
+    sync (``skips_on_device``)."""
+
+    skips_on_device = True
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -101,26 +107,36 @@ class StackedMuon(torch.optim.Muon):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
-            if not params:
-                continue
-            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-            torch._foreach_lerp_(bufs, grads, 1 - momentum)
-            updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
             by_shape: dict[torch.Size, list[int]] = {}
             for i, p in enumerate(params):
                 by_shape.setdefault(p.shape, []).append(i)
-            if decay:
-                torch._foreach_mul_(params, 1 - lr * decay)
             for shape, index in by_shape.items():
-                ortho = _orthogonalize(torch.stack([updates[i] for i in index]), group["ns_coefficients"],
-                                       group["ns_steps"], group["eps"])
-                same = [params[i] for i in index]
-                torch._foreach_add_(same, list(ortho.to(same[0].dtype).unbind(0)),
-                                    alpha=-_adjust_lr(lr, group["adjust_lr_fn"], shape))
+                self._step_stack([params[i] for i in index], [grads[i] for i in index], [bufs[i] for i in index],
+                                 group, _adjust_lr(group["lr"], group["adjust_lr_fn"], shape), found_inf)
         return loss
+
+    @staticmethod
+    def _step_stack(params, grads, bufs, group, lr: float, found_inf) -> None:
+        momentum, decay = group["momentum"], group["lr"] * group["weight_decay"]
+        g, buf = torch.stack(grads), torch.stack(bufs)
+        if found_inf is None:
+            keep = 1.0
+        else:  # a skipped step: a zero-weight momentum update and no weight change, NaNs kept out
+            skip = found_inf.to(torch.bool)
+            keep = (~skip).to(g.dtype)
+            g = torch.where(skip, 0.0, g)
+        buf.lerp_(g, (1 - momentum) * keep)
+        torch._foreach_copy_(bufs, list(buf.unbind(0)))
+        update = g.lerp(buf, momentum) if group["nesterov"] else buf
+        ortho = _orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"]).to(g.dtype)
+        if decay:
+            torch._foreach_mul_(params, 1 - decay * keep)
+        torch._foreach_add_(params, list((ortho * (-lr * keep)).unbind(0)) if found_inf is not None
+                            else list(ortho.unbind(0)), alpha=1.0 if found_inf is not None else -lr)
 
 
 def build_muon(cfg: MuonConfig, model: torch.nn.Module, device: torch.device) -> list[torch.optim.Optimizer]:
