@@ -10,7 +10,7 @@ set -euo pipefail
 stage=${1:?usage: speed_to_quality.sh sweep|target OUT_DIR [KEY=VALUE ...]}
 out=${2:?usage: speed_to_quality.sh sweep|target OUT_DIR [KEY=VALUE ...]}
 shift 2
-common=(configs/tct-small.yaml trainer.max_steps=1000 schedule.warmup_steps=100 "$@")
+common=(configs/tct-small.yaml trainer.max_steps=1000 schedule.warmup_steps=100 trainer.cuda_graphs=false "$@")
 wsd="schedule={name: wsd, warmup_fraction: 0.1, decay_fraction: 0.25}"
 case "$stage" in
   sweep)

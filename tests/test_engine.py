@@ -299,17 +299,20 @@ def test_cuda_graphs_only_where_replay_is_correct():
     # Replays overwrite their outputs: accumulated gradients would be overwritten, DDP hooks run outside.
     from trainframe.config import TrainerConfig
     from trainframe.engine.distributed import World
-    from trainframe.engine.loop import _check_cuda_graphs
+    from trainframe.engine.loop import use_cuda_graphs
 
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
-    _check_cuda_graphs(TrainerConfig(cuda_graphs=True), True, cuda, World())
+    for setting in (True, "auto"):
+        assert use_cuda_graphs(TrainerConfig(cuda_graphs=setting), True, cuda, World())
+    assert not use_cuda_graphs(TrainerConfig(cuda_graphs=False), True, cuda, World())
     for config, compiled, world, message in [
-        (TrainerConfig(cuda_graphs=True, grad_accum=4), True, World(), "needs trainer.grad_accum=1 \\(got 4\\)"),
-        (TrainerConfig(cuda_graphs=True), True, World(rank=0, local_rank=0, size=2), "one process only"),
-        (TrainerConfig(cuda_graphs=True), False, World(), "this run: cuda, compile off"),
+        (dict(grad_accum=4), True, World(), "needs trainer.grad_accum=1 \\(got 4\\)"),
+        ({}, True, World(rank=0, local_rank=0, size=2), "one process only"),
+        ({}, False, World(), "this run: cuda, compile off"),
     ]:
         with pytest.raises(UserError, match=message):
-            _check_cuda_graphs(config, compiled, cuda, world)
+            use_cuda_graphs(TrainerConfig(cuda_graphs=True, **config), compiled, cuda, world)
+        assert not use_cuda_graphs(TrainerConfig(cuda_graphs="auto", **config), compiled, cuda, world)
 
 
 def test_zero_byte_newest_checkpoint_falls_back(plugins, tiny_config, tmp_path, capsys):

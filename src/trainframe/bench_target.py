@@ -4,7 +4,11 @@ target validation loss.
 A recipe is a name, a config and overrides; the first one is the baseline. Every recipe trains with
 the same seeds (seed, seed+1, ...) to its own ``trainer.max_steps``, and its loss on the config's
 fixed val set is measured every ``--eval-every`` steps and at 50%, 75% and 100% of its budget. The
-targets are the val losses the baseline reaches at 50/75/100% of its budget (median over seeds).
+targets are the val losses the baseline reaches at 50/75/100% of its budget, paired by seed: the
+n-th seed of a recipe is held to the n-th seed of the baseline (seed-to-seed spread, 0.2% of the
+loss in docs/performance.md, would otherwise leave half the seeds of a recipe that changes no math
+short of a median target), and reaches it within ``--tolerance`` (a share of the loss: kernels
+that differ, e.g. under CUDA graphs, move the same run's loss in the fourth digit).
 ``bench predictive`` (the hybrid plugin) is this machinery with one recipe per phase controller.
 
 The clock, and why:
@@ -47,6 +51,7 @@ from trainframe.fileio import atomic_path, write_text_atomic
 from trainframe.phases import FullController, Phase
 
 TARGETS = (("50%", 0.5), ("75%", 0.75), ("100%", 1.0))
+TOLERANCE = 0.001  # default --tolerance
 WARMUP_STEPS = 3  # compile, then CUDA-graph warm-up and recording: three calls of each path
 # Every bench run: no logs, samples or checkpoints in the scratch dir, no evals but the bench's own.
 BENCH_OVERRIDES = ("loggers=[]", "callbacks=[]", "trainer.sample_tokens=0", "trainer.save_every=0",
@@ -79,7 +84,7 @@ class View:
 
 # ------------------------------------------------------------------------------------- the CLI
 def target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML run config: every recipe's unless a --recipes entry names its own")
+    p.add_argument("config", nargs="?", help="YAML run config: every recipe's unless a --recipes entry names its own")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides applied to every recipe, before the recipe's own")
     p.add_argument("--recipe", action="append", default=[], metavar='"NAME [KEY=VALUE ...]"',
@@ -96,6 +101,11 @@ def target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-at-target", action="store_true",
                    help="run the baseline's seeds first, then stop every other recipe at its first eval that "
                         "reaches the 100%% target (the baseline's final val loss)")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE,
+                   help=f"a run reaches a target within this share of it (default {TOLERANCE}: 0.1%%)")
+    p.add_argument("--summarize", type=Path, metavar="DIR",
+                   help="train nothing: summarize DIR/results.json of an earlier bench again (with this "
+                        "--tolerance) and rewrite its table and plot; CONFIG is then not needed")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for results.json, results.md, curves.png (default runs/bench-target-TIME)")
@@ -104,11 +114,37 @@ def target_args(p: argparse.ArgumentParser) -> None:
 def target_main(args: argparse.Namespace) -> int:
     from trainframe.plugins import current
 
+    if not 0 <= args.tolerance < 1:
+        raise UserError(f"--tolerance: expected a share of the loss in [0, 1), got {args.tolerance}")
+    if args.summarize:
+        return summarize_again(args.summarize, args.tolerance, args.json)
+    if args.config is None:
+        raise UserError("bench target: expected CONFIG (or --summarize DIR)")
     recipes = read_recipes(args.recipes, args.config) if args.recipes else []
     recipes += [parse_recipe(text, args.config) for text in args.recipe]
     out = args.out or Path("runs") / f"bench-target-{time.strftime('%Y%m%d-%H%M%S')}"
     return run(recipes or [Recipe("baseline", args.config)], args.overrides, current(), seeds=args.seeds,
-               eval_every=args.eval_every, stop_at_target=args.stop_at_target, out=out, as_json=args.json)
+               eval_every=args.eval_every, stop_at_target=args.stop_at_target, out=out, as_json=args.json,
+               tolerance=args.tolerance)
+
+
+def summarize_again(out: Path, tolerance: float, as_json: bool, view: View = View()) -> int:
+    """The summary, table and plot of the runs in ``out/results.json``, made anew."""
+    try:
+        old = json.loads((out / "results.json").read_text())
+        runs = {name: row["runs"] for name, row in old["recipes"].items()}
+        meta = {key: old[key] for key in ("config", "eval_every", "stop_at_target", "torch")}
+        meta["recipes"] = {name: {k: row[k] for k in ("config", "overrides", "max_steps")}
+                           for name, row in old["recipes"].items()}
+    except OSError as e:
+        raise UserError(f"--summarize: {out / 'results.json'}: cannot read: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"--summarize: {out / 'results.json'}: not the results of a bench ({e!r})") from None
+    summary = summarize(runs, {**meta, "tolerance": tolerance}, view)
+    table = markdown_table(summary, view)
+    _write(summary, table, out, view)
+    print(json.dumps(summary, indent=2) if as_json else table)
+    return 0
 
 
 def parse_recipe(text: str, config) -> Recipe:
@@ -149,7 +185,7 @@ def read_recipes(path: Path, config) -> list[Recipe]:
 
 # ---------------------------------------------------------------------------------- the bench
 def run(recipes: list[Recipe], overrides: list[str], plugins, *, seeds: int, eval_every: int | None,
-        stop_at_target: bool, out: Path, as_json: bool, view: View = View()) -> int:
+        stop_at_target: bool, out: Path, as_json: bool, view: View = View(), tolerance: float = TOLERANCE) -> int:
     """Run every recipe ``seeds`` times, write the results to ``out`` after every run, print them."""
     if seeds < 1:
         raise UserError(f"--seeds: expected a positive integer, got {seeds}")
@@ -165,6 +201,7 @@ def run(recipes: list[Recipe], overrides: list[str], plugins, *, seeds: int, eva
     if stop_at_target:  # the targets must be known before the other recipes run
         order = [(baseline, s) for s in range(seeds)] + [(n, s) for s in range(seeds) for n in names[1:]]
     meta = {"config": configs[baseline].name, "eval_every": eval_every, "stop_at_target": stop_at_target,
+            "tolerance": tolerance, "torch": torch.__version__,
             "recipes": {r.name: {"config": r.config, "overrides": [*overrides, *r.overrides],
                                  "max_steps": configs[r.name].trainer.max_steps} for r in recipes}}
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +212,7 @@ def run(recipes: list[Recipe], overrides: list[str], plugins, *, seeds: int, eva
     with quiet, tempfile.TemporaryDirectory(prefix="trainframe-bench-") as scratch:
         for i, (name, s) in enumerate(order):
             cfg = configs[name].model_copy(update={"seed": configs[name].seed + s})
-            stop_at = summary["targets"]["100%"] if stop_at_target and name != baseline else None
+            stop_at = reach_at(summary, s, "100%") if stop_at_target and name != baseline else None
             result = run_one(cfg, plugins, Path(scratch) / str(i), eval_every, stop_at, view.run_fields)
             if name == baseline and result["steps"] < cfg.trainer.max_steps:
                 raise UserError(f"baseline '{name}' (seed {cfg.seed}) stopped at step {result['steps']} of "
@@ -184,7 +221,7 @@ def run(recipes: list[Recipe], overrides: list[str], plugins, *, seeds: int, eva
             summary = summarize(runs, meta, view)
             table = markdown_table(summary, view)
             _write(summary, table, out, view)  # after every run: a cut-off bench keeps what it measured
-            print(_progress(name, result, summary["targets"]), file=sys.stderr, flush=True)
+            print(_progress(name, result, reach_at(summary, s, "100%")), file=sys.stderr, flush=True)
     print(json.dumps(summary, indent=2) if as_json else table)
     print(f"results in {out}", file=sys.stderr)
     return 0
@@ -197,8 +234,13 @@ def _load(recipe: Recipe, overrides: list[str], registry):
         raise UserError("\n".join(f"recipe '{recipe.name}': {line}" for line in str(e).splitlines())) from None
 
 
-def _progress(name: str, run: dict, targets: dict) -> str:
-    reached = _first_reach(run["curve"], targets["100%"], "wall_s")
+def reach_at(summary: dict, seed_index: int, label: str) -> float:
+    """The val loss at which the ``seed_index``-th run of a recipe has reached target ``label``."""
+    return summary["seed_targets"][label][seed_index] * (1 + summary["tolerance"])
+
+
+def _progress(name: str, run: dict, target: float) -> str:
+    reached = _first_reach(run["curve"], target, "wall_s")
     controller = f", controller {run['controller_s']:.2f} s" if run["controller_s"] else ""
     return (f"{name} seed {run['seed']}: {run['steps']} steps, {run['backward_passes']} backward passes, final val "
             f"loss {run['final_val_loss']:.4f}, {run['wall_s']:.2f} s (eval {run['eval_s']:.2f} s, warm-up "
@@ -362,20 +404,22 @@ def summarize(runs: dict[str, list[dict]], meta: dict, view: View = View()) -> d
     def loss_at(run: dict, step: int) -> float:
         return next(p["val_loss"] for p in run["curve"] if p["step"] == step)
 
-    # median_high: with an even number of seeds the target is a loss the baseline really reached
-    targets = {label: statistics.median_high(loss_at(r, round(max_steps * f)) for r in runs[baseline])
-               for label, f in TARGETS}
-    summary = {"config": meta["config"], "device": runs[baseline][0]["device"], "torch": torch.__version__,
+    seed_targets = {label: [loss_at(r, round(max_steps * f)) for r in runs[baseline]] for label, f in TARGETS}
+    # median_high: with an even number of seeds the target shown is a loss the baseline really reached
+    targets = {label: statistics.median_high(values) for label, values in seed_targets.items()}
+    summary = {"config": meta["config"], "device": runs[baseline][0]["device"], "torch": meta["torch"],
                "seeds": len(runs[baseline]), "baseline": baseline, "max_steps": max_steps,
-               "eval_every": meta["eval_every"], "stop_at_target": meta["stop_at_target"], "targets": targets,
-               "recipes": {}}
+               "eval_every": meta["eval_every"], "stop_at_target": meta["stop_at_target"],
+               "tolerance": meta["tolerance"], "targets": targets, "seed_targets": seed_targets, "recipes": {}}
     for name, rs in runs.items():
         row = dict(meta["recipes"][name])
         row.update({key: statistics.median(r[key] for r in rs) for key in MEDIANS})
         row.update({key: sum(r[key] for r in rs) for key in view.summed})
         for key, point in TO_TARGET.items():
-            row[f"{key}_to_target"] = {label: _median([_first_reach(r["curve"], v, point) for r in rs])
-                                       for label, v in targets.items()}
+            # a recipe's n-th run (seed) against the baseline's n-th; runs past the baseline's have no pair yet
+            row[f"{key}_to_target"] = {label: _median([_first_reach(r["curve"], reach_at(summary, i, label), point)
+                                                       for i, r in enumerate(rs[:len(runs[baseline])])])
+                                       for label in targets}
         reached = row["time_to_target"]["100%"]
         # the baseline's row comes first, and is its own reference
         base = summary["recipes"][baseline]["time_to_target"]["100%"] if summary["recipes"] else reached
@@ -396,7 +440,9 @@ def markdown_table(summary: dict, view: View = View()) -> str:
             if summary["stop_at_target"] else "")
     lines = [(f"Config `{summary['config']}` on {summary['device']}, torch {summary['torch']}; median over "
               f"{summary['seeds']} seed(s). Targets (the val loss of the baseline `{summary['baseline']}` at "
-              f"50/75/100% of its {summary['max_steps']} steps): {t['50%']:.4f} / {t['75%']:.4f} / {t['100%']:.4f}. "
+              f"50/75/100% of its {summary['max_steps']} steps, median): {t['50%']:.4f} / {t['75%']:.4f} / "
+              f"{t['100%']:.4f}; each seed of a recipe is held to the same seed of the baseline, within "
+              f"{summary['tolerance']:.2%}. "
               "Wall-clock counts training only: the compile warm-up and eval are excluded, a phase "
               f"controller's own time is included.{stop}"), ""]
     headers = [view.label, "steps", "tokens", "wall s", "eval s", "final val loss", "s to 50%", "s to 75%",
@@ -431,6 +477,7 @@ def plot(summary: dict, path: Path, view: View = View()) -> None:
             ax.plot([statistics.median(cv[i][key] for cv in curves) for i in range(n)], loss, marker=".", label=name)
     for ax, key in zip(axes, ("wall_s", view.x2)):
         ax.axhline(summary["targets"]["100%"], color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(top=summary["targets"]["50%"] * 1.25)  # the approach to the targets, not the first steps
         ax.set_xlabel(AXES.get(key, key))
         ax.set_ylabel("val loss (median over seeds)")
         ax.grid(alpha=0.3)

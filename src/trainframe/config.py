@@ -40,8 +40,9 @@ class TrainerConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool | None = Field(None, description="torch.compile the model; null = on for CUDA")
-    cuda_graphs: bool = Field(False, description="replay forward and backward as CUDA graphs (compile mode "
-                              "reduce-overhead): for small models bound by kernel launches; one CUDA process, grad_accum 1")
+    cuda_graphs: bool | Literal["auto"] = Field(
+        False, description="replay forward and backward as CUDA graphs (compile mode reduce-overhead): for small "
+        "models bound by kernel launches; one CUDA process, grad_accum 1; auto = where those hold")
     deterministic: bool = Field(False, description="deterministic kernels: bitwise-repeatable CUDA runs, slower")
     distributed: Literal["ddp", "fsdp2"] = Field(
         "ddp", description="data parallelism under torchrun: ddp (replicated weights) or fsdp2 (sharded)")

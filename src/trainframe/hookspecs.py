@@ -43,7 +43,8 @@ def trainframe_step_start(trainer, step, phase):
 
 @hookspec
 def trainframe_batch_ready(trainer, batch):
-    """A micro-batch ``(inputs, targets)`` is on the device, before its forward pass."""
+    """A micro-batch ``(inputs, targets)``, packed ``(inputs, targets, positions)``, is on the
+    device, before its forward pass."""
 
 
 @hookspec

@@ -28,6 +28,9 @@ check runs on the device and the loss, grad norm and skip counts are read back o
 tensors; a run of ``max_bad_steps`` NaN steps is noticed at the next log step. Otherwise (other
 optimizers, controllers that override ``observe``) they are read back every step.
 
+A batch is ``(inputs, targets)`` or, from a packed dataset, ``(inputs, targets, positions)``;
+``Trainer.forward`` builds a packed batch's document mask outside torch.compile.
+
 Training batches are made in a background thread while the device computes
 (``trainframe.engine.prefetch``); checkpoints hold the data position of the batches trained on.
 
@@ -101,12 +104,10 @@ class Trainer:
         if device.type == "cuda":  # TF32 for the float32 matmuls that autocast leaves (and fp32 runs)
             torch.backends.cuda.matmul.allow_tf32 = True
         use_compile = t.compile if t.compile is not None else device.type == "cuda"
-        self.cuda_graphs = t.cuda_graphs
-        if t.cuda_graphs:
-            _check_cuda_graphs(t, use_compile, device, self.world)
+        self.cuda_graphs = use_cuda_graphs(t, use_compile, device, self.world)
         # DDP or FSDP2 around the model when world.size > 1 (see engine/build.py), else the model
         self.wrapped_model = wrapped_model if wrapped_model is not None else model
-        self.forward_model = (torch.compile(self.wrapped_model, mode="reduce-overhead" if t.cuda_graphs else None)
+        self.forward_model = (torch.compile(self.wrapped_model, mode="reduce-overhead" if self.cuda_graphs else None)
                               if use_compile else self.wrapped_model)
         self.sharded = self.world.distributed and t.distributed == "fsdp2"
         # Host values per step only where something needs them each step (see the module docstring).
@@ -561,18 +562,26 @@ class Trainer:
         return path, state["loop"]["max_steps"]
 
 
-def _check_cuda_graphs(t, use_compile: bool, device: torch.device, world: World) -> None:
-    """Where CUDA graph replay is correct: the graphs' outputs, gradients included, live in memory
-    that the next replay overwrites, so a second micro-batch's backward would overwrite the first's
-    gradients instead of adding to them; DDP's all-reduce hooks run outside the graphs."""
+def use_cuda_graphs(t, use_compile: bool, device: torch.device, world: World) -> bool:
+    """``trainer.cuda_graphs``: ``auto`` replays where replay is correct, ``true`` there or one clear
+    error. Correct: the graphs' outputs, gradients included, live in memory that the next replay
+    overwrites, so a second micro-batch's backward would overwrite the first's gradients instead of
+    adding to them; DDP's all-reduce hooks run outside the graphs."""
+    if t.cuda_graphs is False:
+        return False
     if device.type != "cuda" or not use_compile:
-        raise UserError(f"trainer.cuda_graphs needs a CUDA device and trainer.compile on (this run: {device.type}, "
-                        f"compile {'on' if use_compile else 'off'}); set trainer.cuda_graphs=false")
-    if t.grad_accum != 1:
-        raise UserError(f"trainer.cuda_graphs needs trainer.grad_accum=1 (got {t.grad_accum}): raise "
-                        "trainer.batch_size instead, or set trainer.cuda_graphs=false")
-    if world.distributed:
-        raise UserError("trainer.cuda_graphs runs in one process only; set trainer.cuda_graphs=false under torchrun")
+        problem = (f"trainer.cuda_graphs needs a CUDA device and trainer.compile on (this run: {device.type}, "
+                   f"compile {'on' if use_compile else 'off'}); set trainer.cuda_graphs=false")
+    elif t.grad_accum != 1:
+        problem = (f"trainer.cuda_graphs needs trainer.grad_accum=1 (got {t.grad_accum}): raise "
+                   "trainer.batch_size instead, or set trainer.cuda_graphs=false")
+    elif world.distributed:
+        problem = "trainer.cuda_graphs runs in one process only; set trainer.cuda_graphs=false under torchrun"
+    else:
+        return True
+    if t.cuda_graphs == "auto":
+        return False
+    raise UserError(problem)
 
 
 def check_run_dir(run_dir: Path) -> None:

@@ -4,7 +4,8 @@ Architecture (one block, pre-norm):  x += drop(attn(norm(x)));  x += drop(mlp(no
   - RoPE positions, no learned position table.
   - RMSNorm without a learnable weight (see RMSNorm below).
   - attention: bias-free fused q/k/v projection and output projection, optional QK-norm, GQA via
-    n_kv_head, causal SDPA.
+    n_kv_head, causal SDPA; packed rows (``positions``) attend within each document only
+    (FlexAttention on CUDA, a dense SDPA mask on the CPU).
   - MLP: relu^2 ``down(relu(up(x))^2)`` or gated ``down(relu(gate(x))^2 * up(x))``.
   - final norm, then lm_head (optionally tied to the token embedding).
 
