@@ -24,6 +24,7 @@ def test_bench_throughput_json_and_table(tiny_config, capsys):
     result = json.loads(capsys.readouterr().out)
     assert {"tokens_per_s", "ms_per_step", "mfu", "peak_mem_gb"} <= result.keys()
     assert result["tokens_per_s"] == pytest.approx(2 * 32 / (result["ms_per_step"] / 1e3))
+    assert result["target_tokens_per_s"] == pytest.approx(result["tokens_per_s"])  # random tokens: no padding
     assert result["mfu"] is None and result["peak_mem_gb"] is None  # CPU: no known peak, no CUDA memory
     assert result["steps"] == 3 and result["data"] == "random"
 

@@ -55,6 +55,17 @@ def test_bench_target_recipes_against_the_baseline(tmp_path, capsys):
     assert "on cpu, torch" in table and "| base | 20 | 10,240 |" in table and "| fast |" in table
     assert f"| {fast['time_vs_baseline']:.2f}x |" in table
     assert (out / "curves.png").stat().st_size > 10_000
+    # Paired by seed: a recipe's n-th run is held to the baseline's n-th final loss, within the tolerance.
+    assert summary["seed_targets"]["100%"] == finals and summary["tolerance"] == 0.001
+    for row in (base, fast):
+        reached = sorted(_first_reach(run["curve"], final * 1.001, "wall_s") for run, final in zip(row["runs"], finals))
+        assert row["time_to_target"]["100%"] == pytest.approx(sum(reached) / 2)
+    # --summarize: the same runs again, with another tolerance, training nothing.
+    assert main(["bench", "target", "--summarize", str(out), "--tolerance", "0.5", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["tolerance"] == 0.5 and again["recipes"]["base"]["runs"] == base["runs"]
+    assert again["recipes"]["fast"]["steps_to_target"]["100%"] <= fast["steps_to_target"]["100%"]
+    assert json.loads((out / "results.json").read_text()) == again
 
 
 def test_warm_up_changes_no_result(tmp_path, capsys):
@@ -96,3 +107,15 @@ def test_bench_target_bad_input(tmp_path, capsys, args, message):
     assert main(["bench", "target", CONFIG, *TINY, "--out", str(out), *args]) == 2
     assert capsys.readouterr().err.strip() == message
     assert not out.exists()  # nothing ran, nothing written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--summarize", "nowhere"], "--summarize: nowhere/results.json: cannot read: No such file or directory"),
+    ([CONFIG, "--tolerance", "2"], "--tolerance: expected a share of the loss in [0, 1), got 2.0"),
+    ([], "bench target: expected CONFIG (or --summarize DIR)"),
+])
+def test_bench_target_summarize_and_tolerance_bad_input(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "target", *args]) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not list(tmp_path.iterdir())
