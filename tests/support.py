@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +39,34 @@ trainer:
   sample_tokens: 0
   device: cpu
 """
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (Linux: reads /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def survivors(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Those of ``pids`` still running (zombies count as gone) after waiting up to ``timeout`` s."""
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.time() + timeout
+    while any(map(alive, pids)) and time.time() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
 
 
 def free_port() -> int:

@@ -9,9 +9,10 @@ Layout of ``data.dir``::
     <source-key>/chunk_00000.json that chunk's counts: its completion marker, written after the .bin
 
 A source's rows are cut into chunks of about ``chunk_bytes`` of text in stream order, so the cut
-is the same on every run. Worker processes tokenize chunks; each chunk is written under a temporary
-name and renamed, then its marker. A killed run resumes at the first chunk without a marker; a
-source with an index is done, and a second run does nothing.
+is the same on every run. Worker processes tokenize chunks (and exit when the parent is gone, even
+killed); each chunk is written under a temporary name and renamed, then its marker. A killed run
+resumes at the first chunk without a marker; a source with an index is done, and a second run does
+nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from trainframe.data.shards import INDEX, token_dtype
 from trainframe.errors import UserError
 from trainframe.fileio import TEMP_GLOB, write_bytes_atomic
+from trainframe.workers import exit_with_parent
 
 from .sources import SourceConfig, iter_texts, open_rows, source_key
 
@@ -36,8 +38,9 @@ MANIFEST = "manifest.json"
 _TOKENIZER = None  # set in each worker process by _init_worker
 
 
-def _init_worker(tokenizer) -> None:
+def _init_worker(tokenizer, parent: int) -> None:
     global _TOKENIZER
+    exit_with_parent(parent)  # a killed `data prepare` leaves no workers behind
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
     _TOKENIZER = tokenizer
 
@@ -187,7 +190,7 @@ def prepare(cfg, tokenizer, *, workers: int | None = None, progress: bool = True
     pool = None
     if todo and workers > 1:
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                   initargs=(tokenizer,))
+                                   initargs=(tokenizer, os.getpid()))
     try:
         with Progress(progress and bool(todo)) as bar:
             for i, src, key in todo:

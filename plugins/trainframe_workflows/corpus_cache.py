@@ -26,7 +26,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -40,6 +39,7 @@ import numpy as np
 
 from trainframe.errors import UserError
 from trainframe.fileio import TEMP_GLOB, write_bytes_atomic, write_text_atomic
+from trainframe.workers import exit_with_parent
 
 from .corpus import repo_of
 from .schema_tokenizer.yaml_loader import load_document
@@ -136,19 +136,12 @@ def _tct_tokenizer(module: str):
 def _init_worker(recipe_path: str, fingerprint: str, dtype: str, parent: int) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    exit_with_parent(parent)
     build, args = pickle.loads(Path(recipe_path).read_bytes())
     tok = build(*args)
     if tok.fingerprint() != fingerprint:
         raise RuntimeError(f"the worker's tokenizer differs from the parent's: {tok.fingerprint()} != {fingerprint}")
     _WORKER = (tok, dtype)
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A worker's watchdog: once the parent is gone (killed, even with SIGKILL) the worker exits."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
 
 
 # ---------------------------------------------------------------------------------- the progress

@@ -6,10 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from support import child_pids, survivors
 from textdata import (  # noqa: F401 (a fixture)
     FINEWEB_COLUMNS,
     REPO,
@@ -93,7 +96,8 @@ def test_uint32_shards_for_large_vocabularies(tmp_path):
     assert np.fromfile(tmp_path / "chunk_00000.bin", dtype=np.uint32).tolist() == [97, 98, 70000]
 
 
-def test_killed_prepare_resumes_to_the_same_shards(tmp_path, bpe_path, capsys):
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_killed_prepare_leaves_no_workers_and_resumes_to_the_same_shards(tmp_path, bpe_path, capsys):
     source = {"files": [str(SHAKESPEARE)], "sample_by": "paragraph"}
     config = write_config(tmp_path, [source], bpe_path, chunk_bytes=8192, workers=2)
     proc = subprocess.Popen([sys.executable, "-m", "trainframe", "data", "prepare", str(config)], cwd=REPO,
@@ -103,8 +107,11 @@ def test_killed_prepare_resumes_to_the_same_shards(tmp_path, bpe_path, capsys):
     while time.time() < deadline and len(markers) < 3 and proc.poll() is None:
         markers = list((tmp_path / "data").glob("*/chunk_*.json"))
         time.sleep(0.02)
+    children = child_pids(proc.pid)
+    assert len(children) >= 2  # the pool's workers (and multiprocessing's resource tracker)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert not survivors(children)  # the workers went with their parent
     (src_dir,) = (tmp_path / "data").iterdir()
     assert not (src_dir / "index.json").exists(), "finished before the kill; the test needs more data"
     done_before = len(list(src_dir.glob("chunk_*.json")))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import REPO
+from support import REPO, child_pids, survivors
 from trainframe_workflows import corpus_cache, dataset
 from trainframe_workflows.corpus import iter_texts
 from trainframe_workflows.dataset import WorkflowsConfig, build_workflows
@@ -177,25 +177,6 @@ def test_a_stopped_run_resumes_from_its_finished_chunks(tok, tmp_path, small_lin
     assert not part.exists()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 KILLED_RUN = """
 import sys, time
 from trainframe_workflows import corpus_cache, dataset
@@ -225,14 +206,11 @@ def test_killed_run_leaves_no_workers_and_resumes(tok, tmp_path, small_lines, mo
         while not list(cache.glob("workflows/.*.partial/chunk_00001.json")):  # the pool is running
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
             time.sleep(0.05)
-        children = _children(proc.pid)
+        children = child_pids(proc.pid)
         assert len(children) >= 2
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        deadline = time.time() + 10
-        while any(_alive(c) for c in children) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not [c for c in children if _alive(c)]  # the workers went with their parent
+        assert not survivors(children)  # the workers went with their parent
     finally:
         if proc.poll() is None:
             proc.kill()
