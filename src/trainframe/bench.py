@@ -200,7 +200,7 @@ def run_bench(config, overrides: list[str], steps: int, warmup: int, data: str, 
         raise UserError(f"--profile: {profile.parent} is not a directory; expected a path for the trace file")
     plugins = plugins or current()
     overrides = [*overrides, f"trainer.max_steps={warmup + steps}", "trainer.eval_every=0",
-                 "trainer.save_every=0", "trainer.sample_tokens=0"]
+                 "trainer.save_every=0", "trainer.save_every_minutes=null", "trainer.sample_tokens=0"]
     cfg = load_config(config, overrides, plugins.registry)
     # Every logger stays on except the console: its progress bar would mix with the figures.
     kept = [(raw, sub) for raw, sub in zip(cfg.loggers, cfg.components["loggers"]) if raw["name"] != "console"]

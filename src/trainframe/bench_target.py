@@ -55,7 +55,7 @@ TOLERANCE = 0.001  # default --tolerance
 WARMUP_STEPS = 3  # compile, then CUDA-graph warm-up and recording: three calls of each path
 # Every bench run: no logs, samples or checkpoints in the scratch dir, no evals but the bench's own.
 BENCH_OVERRIDES = ("loggers=[]", "callbacks=[]", "trainer.sample_tokens=0", "trainer.save_every=0",
-                   "trainer.eval_every=0")
+                   "trainer.save_every_minutes=null", "trainer.eval_every=0")
 # summary key -> curve key: the amounts it took to reach each target
 TO_TARGET = {"time": "wall_s", "tokens": "tokens", "useful_tokens": "useful_tokens", "steps": "step",
              "optimizer_steps": "optimizer_steps", "backward_passes": "backward_passes", "flops": "flops"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,10 +17,12 @@ from trainframe.bench import throughput_args, throughput_main
 from trainframe.bench_target import target_args, target_main
 from trainframe.config import load_config
 from trainframe.engine import checkpoint as ckpt
+from trainframe.engine import rundir
 from trainframe.errors import UserError
 from trainframe.evaluate import eval_args, eval_main
 from trainframe.export import export_args, export_main
 from trainframe.fileio import write_text_atomic
+from trainframe.logging import truncate_metrics
 from trainframe.plot import plot_args, plot_main
 
 
@@ -63,7 +66,24 @@ def _launch(nproc: int, device: str, argv: list) -> int:
         raise UserError(f"--nproc {nproc}: trainer.device '{device}' needs CUDA, which is not available")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "trainframe", *map(str, argv)]
-    return subprocess.call(command)
+    proc = subprocess.Popen(command)
+    stopped_by = []
+
+    def on_signal(signum, frame):
+        stopped_by.append(signum)
+        if signum == signal.SIGTERM:
+            proc.send_signal(signum)
+
+    # `kill` and `docker stop` signal this process alone: SIGTERM goes on to torchrun, which passes it
+    # to every rank; Ctrl-C reaches torchrun and the ranks directly. The ranks save at the next log
+    # step and stop; torchrun then exits 1, so the status is ours: 128 + the signal, as in one process.
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 + stopped_by[0] if stopped_by else status
 
 
 def _describe_run(trainer) -> None:
@@ -87,10 +107,38 @@ def _fit(trainer) -> int:
         print(f"trainframe: {e}", file=sys.stderr)
         return 1
     val = f", best val loss {trainer.best_val:.4f}" if trainer.best_val < float("inf") else ""
+    stopped = trainer.stop_signal if reason == "interrupted" else None
     if trainer.world.is_main:
-        print(f"{'interrupted' if reason == 'interrupted' else 'finished'} at step {trainer.step}{val}; "
-              f"run dir {trainer.run_dir}")
-    return 130 if reason == "interrupted" else 0
+        what = {None: "finished", signal.SIGINT: "interrupted"}.get(stopped, "terminated")
+        print(f"{what} at step {trainer.step}{val}; run dir {trainer.run_dir}")
+    # Stopped by a signal: the status of a process the signal killed (130, 143), so that scripts and
+    # schedulers do not take the run for finished; the checkpoint is written, `resume` goes on.
+    return 128 + stopped if stopped else 0
+
+
+def _claim(run_dir: Path, world, new: bool) -> rundir.RunDirLock:
+    """Rank 0 takes the run directory (``new``: train's rule, see engine/rundir.py) and removes the
+    temporary files of saves killed mid-write (no other process writes there); a refusal reaches
+    every rank, so that all stop."""
+    from trainframe.engine import distributed
+    from trainframe.engine.loop import check_run_dir
+
+    held, error = rundir.RunDirLock(), None
+    if world.is_main:
+        try:
+            check_run_dir(run_dir)
+            held = rundir.lock(run_dir, new)
+        except UserError as e:
+            error = str(e)
+        else:
+            count, size = ckpt.remove_stale_temps(run_dir / "checkpoints")
+            if count:
+                print(f"trainframe: removed {count} temporary file(s) ({size / 1e6:.1f} MB) left in "
+                      f"{run_dir / 'checkpoints'} by saves that were killed", file=sys.stderr)
+    error = distributed.broadcast_object(error, world)
+    if error:
+        raise UserError(error)
+    return held
 
 
 def train_main(args: argparse.Namespace) -> int:
@@ -100,9 +148,7 @@ def train_main(args: argparse.Namespace) -> int:
     plugins = _plugins()
     cfg = load_config(args.config, args.overrides, plugins.registry)
     run_dir = args.run_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if ckpt.step_checkpoints(run_dir / "checkpoints"):
-        raise UserError(f"{run_dir}: already holds a run; continue it with `trainframe resume {run_dir}` "
-                        "or choose another --run-dir")
+    rundir.check_new(run_dir)
     if args.nproc > 1:
         return _launch(args.nproc, cfg.trainer.device, ["train", args.config, *args.overrides, "--run-dir", run_dir])
     world = distributed.init(cfg.trainer.device)
@@ -116,16 +162,18 @@ def _train(cfg, plugins, run_dir: Path, world) -> int:
     # Its own function so the trainer is garbage once it returns, before the process group goes.
     from trainframe.engine import distributed
     from trainframe.engine.build import build_trainer
-    from trainframe.engine.loop import check_run_dir
 
     run_dir = distributed.broadcast_object(run_dir, world)  # one name, even if ranks read the clock apart
     trainer = build_trainer(cfg, plugins, run_dir, world)
-    if world.is_main:
-        check_run_dir(run_dir)
-        write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
-        _describe_run(trainer)
-    distributed.barrier(world)
-    return _fit(trainer)
+    held = _claim(run_dir, world, new=True)
+    try:
+        if world.is_main:
+            write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+            _describe_run(trainer)
+        distributed.barrier(world)
+        return _fit(trainer)
+    finally:
+        held.release()
 
 
 # ----------------------------------------------------------------------------------------- resume
@@ -141,10 +189,8 @@ def resume_main(args: argparse.Namespace) -> int:
 
     _check_nproc(args.nproc)
     plugins = _plugins()
-    config_file = args.run_dir / "config.yaml"
-    if not config_file.exists():
-        raise UserError(f"{args.run_dir}: not a run directory (no config.yaml)")
-    cfg = load_config(config_file, args.overrides, plugins.registry)
+    rundir.check_resumable(args.run_dir)
+    cfg = load_config(args.run_dir / "config.yaml", args.overrides, plugins.registry)
     if args.nproc > 1:
         return _launch(args.nproc, cfg.trainer.device, ["resume", args.run_dir, *args.overrides])
     world = distributed.init(cfg.trainer.device)
@@ -157,11 +203,25 @@ def resume_main(args: argparse.Namespace) -> int:
 def _resume(cfg, plugins, args: argparse.Namespace, world) -> int:
     from trainframe.engine.build import build_trainer
 
-    config_file = args.run_dir / "config.yaml"
     trainer = build_trainer(cfg, plugins, args.run_dir, world)
-    path, old_max = trainer.resume()
+    held = _claim(args.run_dir, world, new=False)
+    try:
+        return _continue(trainer, cfg, plugins, args, world)
+    finally:
+        held.release()
+
+
+def _continue(trainer, cfg, plugins, args: argparse.Namespace, world) -> int:
+    config_file = args.run_dir / "config.yaml"
     say = print if world.is_main else (lambda *a, **k: None)
-    say(f"resuming from {path} at step {trainer.step}")
+    if ckpt.step_checkpoints(args.run_dir / "checkpoints"):
+        path, old_max = trainer.resume()
+        say(f"resuming from {path} at step {trainer.step}")
+    else:  # killed before its first checkpoint: the same run from the start, its metric rows dropped
+        if world.is_main:
+            truncate_metrics(args.run_dir, 0)
+        old_max = cfg.trainer.max_steps
+        say(f"resuming {args.run_dir} from step 0: it stopped before its first checkpoint")
     if old_max != cfg.trainer.max_steps:
         name, schedule_cfg = cfg.component("schedule")
         old = plugins.registry.get("schedule", name).factory(schedule_cfg, old_max)

@@ -53,6 +53,8 @@ class TrainerConfig(BaseModel):
     eval_batches: int = Field(20, gt=0)
     log_every: int = Field(10, gt=0)
     save_every: int = Field(500, ge=0, description="steps between checkpoints; 0 = only at the end")
+    save_every_minutes: float | None = Field(
+        30.0, gt=0, description="also a checkpoint once this many minutes passed since the last one; null = off")
     keep_last: int = Field(3, gt=0, description="step checkpoints kept (best is kept apart)")
     max_bad_steps: int = Field(5, gt=0, description="consecutive NaN/Inf steps that stop the run")
     sample_prompt: str = "\n"

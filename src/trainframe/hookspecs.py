@@ -27,7 +27,7 @@ def trainframe_fit_start(trainer):
 
 @hookspec
 def trainframe_fit_end(trainer):
-    """Training finished or stopped (max steps, SIGINT, bad-step limit); the final checkpoint is saved."""
+    """Training finished or stopped (max steps, SIGINT/SIGTERM, bad-step limit); the final checkpoint is saved."""
 
 
 @hookspec

@@ -1,7 +1,8 @@
 """Checkpoint files: written atomically, loaded safely, the newest good one found on resume.
 
 Layout under ``RUN_DIR/checkpoints/``: ``step_00000500.pt`` (the last ``keep_last`` kept) and
-``best.pt`` (lowest val loss). A kill during a save leaves a hidden temporary file, never a broken ``.pt``.
+``best.pt`` (lowest val loss). A kill during a save leaves a hidden temporary file, never a broken ``.pt``;
+the next ``train``/``resume`` of the run removes such files (``remove_stale_temps``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from trainframe.errors import UserError
-from trainframe.fileio import atomic_path
+from trainframe.fileio import TEMP_GLOB, atomic_path
 
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 
@@ -41,6 +42,17 @@ def step_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
 def prune(ckpt_dir: Path, keep_last: int) -> None:
     for _, path in step_checkpoints(ckpt_dir)[:-keep_last]:
         path.unlink(missing_ok=True)
+
+
+def remove_stale_temps(ckpt_dir: Path) -> tuple[int, int]:
+    """Remove the temporary files of saves killed mid-write; returns (files, bytes). Only for the
+    run directory's owner (``rundir.lock``): no other process writes into ``ckpt_dir``."""
+    count = size = 0
+    for tmp in Path(ckpt_dir).glob(TEMP_GLOB):
+        size += tmp.stat().st_size
+        tmp.unlink()
+        count += 1
+    return count, size
 
 
 def load(path: Path, map_location="cpu") -> dict:

@@ -15,11 +15,15 @@ One call of :meth:`Trainer.fit` runs, with hooks (``trainframe_*``) in this orde
         controller.observe(outcome)               (predict/correct steps move weights here)
         step_end(step, metrics) -> log(step, metrics) every log_every steps
         every eval_every steps: eval -> eval_end, log
-        every save_every steps: checkpoint        -> save_checkpoint
+        every save_every steps, and save_every_minutes after the last: checkpoint -> save_checkpoint
     final eval, checkpoint and sample              -> sample
     fit_end                                        (exception first, if one escaped)
 
 ``step`` in metrics and checkpoints counts completed steps: row ``step: 10`` is after 10 steps.
+
+SIGINT (Ctrl-C) or SIGTERM: the step finishes, a checkpoint is written, ``fit`` returns
+``interrupted`` (``stop_signal`` says which); under data parallelism the ranks agree on it, and
+on a checkpoint due by the clock, at the next log step (``flush``).
 
 No host sync in the hot path: with an optimizer that can skip an update on the device (fused
 AdamW, the CUDA default) and a controller that does not read each step's outcome, the finite
@@ -116,7 +120,9 @@ class Trainer:
                            and type(controller).observe is PhaseController.observe and not self.sharded)
         self._pending: list[torch.Tensor] = []  # per step: (loss, grad norm, skipped), on the device
         self._batches: Prefetcher | None = None  # the training batches while fit() runs
-        self._interrupt = False
+        self.stop_signal: int | None = None  # SIGINT or SIGTERM, once one arrived
+        self._last_save = time.monotonic()  # of a step checkpoint, for save_every_minutes
+        self._save_agreed = False  # under data parallelism: the ranks agreed a checkpoint is due
         self.params = [p for p in model.parameters() if p.requires_grad]
         for g in optimizer.param_groups:  # set before any checkpoint load: the group keys must match
             g.setdefault("base_lr", g["lr"])
@@ -140,18 +146,19 @@ class Trainer:
         t = self.config.trainer
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._attach_listeners()
-        previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.hook.trainframe_fit_start(trainer=self)
             # Started after fit_start and any resume, so it reads ahead from the restored position.
             self._batches = Prefetcher(self.dataset, t.batch_size, depth=2 * t.grad_accum, device=self.device)
             self._window_start = (time.perf_counter(), self.tokens_seen)
+            self._last_save = time.monotonic()
             while self.step < self.max_steps and self.stop_reason is None:
                 self.train_step()
                 if t.eval_every and self.step % t.eval_every == 0 and self.step < self.max_steps:
                     self.evaluate()
                     self._window_start = (time.perf_counter(), self.tokens_seen)  # tokens/s counts training only
-                if t.save_every and self.step % t.save_every == 0 and self.step < self.max_steps:
+                if self._checkpoint_due() and self.step < self.max_steps:
                     self.save()
                     self._window_start = (time.perf_counter(), self.tokens_seen)
             self.flush()
@@ -168,7 +175,8 @@ class Trainer:
             if self._batches is not None:
                 self._batches.close()
                 self._batches = None
-            signal.signal(signal.SIGINT, previous_sigint)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             self.hook.trainframe_fit_end(trainer=self)
             for obj in self.listeners:
                 self.plugins.manager.unregister(obj)
@@ -185,17 +193,38 @@ class Trainer:
             if not self.plugins.manager.is_registered(obj):
                 self.plugins.manager.register(obj)
 
-    def _on_sigint(self, signum, frame):
-        if self._interrupt:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self._interrupt = True
+    def _on_signal(self, signum, frame):
+        """SIGINT or SIGTERM (kill, docker stop, SLURM, Kubernetes): save after the step, then stop."""
+        if self.stop_signal is not None:
+            # A second one aborts at once, in one process. Under torchrun a rank often gets the same
+            # signal twice (from the terminal or scheduler, and forwarded by torchrun), so it is
+            # ignored there; torchrun's --shutdown-timeout ends a rank that takes too long.
+            if not self.world.distributed:
+                raise KeyboardInterrupt
+            return
+        self.stop_signal = signum
         # Ranks stop together, at the next log step (flush), so that none waits on a collective alone.
         if not self.world.distributed:
             self.stop_reason = "interrupted"
         when = "the next log step" if self.world.distributed else "this step"
+        what = "interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})"
+        again = "" if self.world.distributed else \
+            f" ({'Ctrl-C' if signum == signal.SIGINT else 'the same signal'} again to abort)"
         if self.world.is_main:
-            print(f"\ntrainframe: interrupted; saving a checkpoint after {when} (Ctrl-C again to abort)",
-                  file=sys.stderr, flush=True)
+            print(f"\ntrainframe: {what}; saving a checkpoint after {when}{again}", file=sys.stderr, flush=True)
+
+    def _checkpoint_due(self) -> bool:
+        """A step checkpoint after this step: every ``save_every`` steps, and once ``save_every_minutes``
+        passed since the last (one clock read per step, on the host; under data parallelism as the
+        ranks agreed at the last log step, so that all save at the same step)."""
+        t = self.config.trainer
+        if t.save_every and self.step % t.save_every == 0:
+            return True
+        return self._save_agreed if self.world.distributed else self._minutes_due()
+
+    def _minutes_due(self) -> bool:
+        minutes = self.config.trainer.save_every_minutes
+        return minutes is not None and time.monotonic() - self._last_save >= 60 * minutes
 
     # ---------------------------------------------------------------------------------- one step
     def train_step(self) -> None:
@@ -316,7 +345,8 @@ class Trainer:
 
     def flush(self) -> None:
         """Read back the deferred per-step values (one host sync) and settle the skip counters;
-        under data parallelism also agree on a Ctrl-C, so every rank stops after the same step."""
+        under data parallelism also agree on a stop signal and on a checkpoint due by the clock
+        (any rank's), so every rank stops and saves after the same step."""
         if self._pending:
             rows = torch.stack(self._pending).tolist()
             first = self.step - len(rows) + 1
@@ -327,10 +357,13 @@ class Trainer:
                 else:
                     self.bad_steps = 0
         if self.world.distributed:
-            flag = distributed.total(torch.tensor([float(self._interrupt)], device=self.device), self.world)
-            if flag.item() > 0:
-                self._interrupt = True
+            flags = torch.tensor([self.stop_signal == signal.SIGINT, self.stop_signal == signal.SIGTERM,
+                                  self._minutes_due()], dtype=torch.float32, device=self.device)
+            sigint, sigterm, save_due = distributed.total(flags, self.world).tolist()
+            if sigint or sigterm:
+                self.stop_signal = signal.SIGTERM if sigterm else signal.SIGINT
                 self.stop_reason = self.stop_reason or "interrupted"
+            self._save_agreed = save_due > 0
 
     @torch.no_grad()
     def _forward_only(self, batches) -> float:
@@ -513,6 +546,8 @@ class Trainer:
             if path is None:
                 ckpt.prune(ckpt_dir, self.config.trainer.keep_last)
         distributed.barrier(self.world)  # no rank runs ahead of a checkpoint it might resume from
+        if path is None:
+            self._last_save, self._save_agreed = time.monotonic(), False
         return target
 
     def load_state_dict(self, state: dict) -> None:
