@@ -3,12 +3,14 @@ import os
 import pytest
 
 from trainframe import fileio
+from trainframe.errors import UserError
 from trainframe.fileio import (
     TEMP_GLOB,
     atomic_path,
     temp_path,
     write_bytes_atomic,
     write_text_atomic,
+    writing,
 )
 
 
@@ -70,3 +72,25 @@ def test_thin_wrappers(tmp_path):
     assert (tmp_path / "a.txt").read_text() == "héllo\n"
     assert (tmp_path / "b.bin").read_bytes() == b"\xff\x00"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_one_line_even_through_torch_save(tmp_path):
+    # torch.save reports the kernel's ENOSPC as a RuntimeError raised while handling it
+    import torch
+
+    with pytest.raises(UserError, match=r"^x.pt: no space left on the device while writing the checkpoint "
+                                        r"\(needs about 0.4 MB, [\d,.]+ MB free there\)$"):
+        with writing("x.pt", "the checkpoint", 400_000), open("/dev/full", "wb") as f:
+            torch.save({"w": torch.zeros(100_000)}, f)
+
+
+def test_refused_writes_are_one_line(tmp_path):
+    with pytest.raises(UserError, match=f"^{tmp_path}/no/x: cannot write the plot: the folder {tmp_path}/no does not"):
+        write_text_atomic(tmp_path / "no" / "x", "", "the plot")
+    # Rust libraries (safetensors, tokenizers) spell the OSError out
+    with pytest.raises(UserError, match="^t.json: cannot write: Permission denied$"), writing("t.json"):
+        raise Exception("Permission denied (os error 13)")
+    with pytest.raises(ValueError), writing("t.json"):  # anything else passes
+        raise ValueError("not a write error")
+    assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from trainframe.config import ComponentConfig
 from trainframe.errors import UserError
-from trainframe.fileio import atomic_path
+from trainframe.fileio import atomic_path, relative_note, writing
 
 SPECIALS = ("<|bos|>", "<|eos|>", "<|pad|>")
 # GPT-4 style pre-split: contractions, letters, up to 3 digits, punctuation runs, whitespace runs.
@@ -90,7 +90,7 @@ def _own_splitter(data: dict):
 
 def load_bpe(path: str | Path, where: str = "tokenizer.path") -> BpeTokenizer:
     if not Path(path).is_file():
-        raise UserError(f"{where}: {path}: no such file; train one with "
+        raise UserError(f"{where}: {path}: no such file{relative_note(path)}; train one with "
                         "`trainframe tokenizer train CONFIG --vocab-size N`")
     try:
         return BpeTokenizer(path)
@@ -121,8 +121,9 @@ def train_bpe(texts, vocab_size: int):
 
 
 def save_atomic(tok, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with writing(path, "the tokenizer"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, what="the tokenizer") as tmp:
         tok.save(str(tmp))
 
 

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from trainframe.config import ComponentConfig
 from trainframe.data.datasets import PACK_HELP, pack_eos
-from trainframe.data.shards import INDEX, TokenWindows, open_shards
+from trainframe.data.shards import INDEX, TokenWindows, check_ids, open_shards
 from trainframe.errors import UserError
 
 from .sources import SourceConfig, source_key
@@ -140,6 +140,7 @@ def build_text(cfg: TextDataConfig, *, tokenizer, context: int, seed: int, rank:
         if index["vocab_size"] > tokenizer.vocab_size():
             raise UserError(f"data.sources[{i}]: shards use vocab {index['vocab_size']}, "
                             f"the tokenizer has {tokenizer.vocab_size()}")
+        check_ids(index, arrays, tokenizer.vocab_size(), f"data.sources[{i}] ({src.label})")
         # Each source its own permutation stream, all derived from the run's seed.
         w = TokenWindows(arrays, context, cfg.val_fraction, seed + 1000003 * i, rank, world_size,
                          pack_eos(cfg.pack, tokenizer))

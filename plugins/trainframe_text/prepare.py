@@ -29,7 +29,7 @@ import numpy as np
 
 from trainframe.data.shards import INDEX, token_dtype
 from trainframe.errors import UserError
-from trainframe.fileio import TEMP_GLOB, write_bytes_atomic
+from trainframe.fileio import TEMP_GLOB, write_bytes_atomic, writing
 from trainframe.workers import exit_with_parent
 
 from .sources import SourceConfig, iter_texts, open_rows, source_key
@@ -60,7 +60,7 @@ def tokenize_chunk(out_dir: str, index: int, texts: list[str], bad: int, tokeniz
     out = Path(out_dir)
     write_bytes_atomic(out / f"chunk_{index:05d}.bin", arr.astype(token_dtype(vocab)).tobytes())
     stats = {"rows": len(texts), "bad_rows": bad, "bytes": sum(len(t.encode("utf-8")) for t in texts),
-             "tokens": int(arr.size), "cpu_s": time.process_time() - cpu0}
+             "tokens": int(arr.size), "max_id": int(arr.max()) if arr.size else -1, "cpu_s": time.process_time() - cpu0}
     write_bytes_atomic(out / f"chunk_{index:05d}.json", json.dumps(stats).encode())
     return stats
 
@@ -119,18 +119,23 @@ class Progress:
 
 def _prepare_source(src: SourceConfig, where: str, out: Path, tokenizer, pool, workers: int,
                     chunk_bytes: int, progress: Progress) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out, "prepared shards"):
+        out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(TEMP_GLOB):  # left by a killed run; ours to remove
         stale.unlink(missing_ok=True)
     texts = iter_texts(open_rows(src, where), src.text_field, where)
     task = progress.task(src.label, src.max_tokens)
     done = {"rows": 0, "bad_rows": 0, "bytes": 0, "tokens": 0, "cpu_s": 0.0}
+    vocab = tokenizer.vocab_size()
+    top = -1  # the largest id, for the index (see trainframe.data.shards)
     shards, resumed, fresh_bytes, t0 = [], 0, 0, time.perf_counter()
     pending = []  # (index, future) in chunk order
 
     def collect(index, stats):
+        nonlocal top
         for k in done:
             done[k] += stats[k]
+        top = max(top, stats.get("max_id", vocab - 1))  # a marker from before max_id: its ids were checked < vocab
         shards.append({"file": f"chunk_{index:05d}.bin", "tokens": stats["tokens"]})
         progress.update(task, done, t0, fresh_bytes)
 
@@ -167,8 +172,7 @@ def _prepare_source(src: SourceConfig, where: str, out: Path, tokenizer, pool, w
     meta = {"source": src.label, **({"hf": src.hf, "config": src.config, "split": src.split} if src.hf
                                     else {"files": src.files}),
             "text_field": src.text_field, **done, "chunks_resumed": resumed, "tokenizer": tokenizer.fingerprint()}
-    vocab = tokenizer.vocab_size()
-    index_data = {"dtype": token_dtype(vocab).name, "vocab_size": vocab, "shards": shards, **meta}
+    index_data = {"dtype": token_dtype(vocab).name, "vocab_size": vocab, "max_id": top, "shards": shards, **meta}
     write_bytes_atomic(out / INDEX, json.dumps(index_data, indent=1).encode())
     return index_data
 

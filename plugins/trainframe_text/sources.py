@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from trainframe.config import ComponentConfig
 from trainframe.errors import UserError
+from trainframe.fileio import relative_note
 
 # Named sources with the real hub ids and columns; a source's own keys override the preset's.
 PRESETS: dict[str, dict] = {
@@ -93,7 +94,7 @@ def _expand(src: SourceConfig, where: str) -> tuple[str, list[str]]:
     for pattern in src.files:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         if not matches:
-            raise UserError(f"{where}.files: no file matches '{pattern}'")
+            raise UserError(f"{where}.files: no file matches '{pattern}'{relative_note(pattern)}")
         files.extend(m for m in matches if os.path.isfile(m))
     kinds = {BUILDERS.get("".join(Path(f).suffixes[-1:]).lower()) for f in files}
     if None in kinds or len(kinds) != 1:
@@ -112,8 +113,8 @@ def _hub_error(src: SourceConfig, where: str, reason: str) -> UserError:
 
 
 def open_rows(src: SourceConfig, where: str):
-    """The source as a ``datasets`` (Iterable)Dataset of rows. Bad names and an unreachable hub
-    become one-line UserErrors naming the source."""
+    """The source's rows: a ``datasets`` (Iterable)Dataset, for local files read through
+    ``_local_rows``. Bad names and an unreachable hub become one-line UserErrors naming the source."""
     import datasets  # lazy: only preparing and tokenizer training read sources
 
     datasets.logging.set_verbosity_error()
@@ -122,10 +123,11 @@ def open_rows(src: SourceConfig, where: str):
         builder, files = _expand(src, where)
         kwargs = {"sample_by": src.sample_by} if builder == "text" else {}
         try:
-            return datasets.load_dataset(builder, data_files=files, split="train", streaming=src.streaming, **kwargs)
+            rows = datasets.load_dataset(builder, data_files=files, split="train", streaming=src.streaming, **kwargs)
         except Exception as e:  # noqa: BLE001 - a corrupt file: name it, never a traceback
             raise UserError(f"{where}.files: cannot read {files[0] if len(files) == 1 else src.files}: "
                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        return _local_rows(rows, files, where)
     if offline():
         # datasets would try its local cache only; say at once what to do instead of a long error.
         reason = "offline: " + ", ".join(f"{v}={os.environ[v]}" for v in OFFLINE_VARS if os.environ.get(v))
@@ -139,6 +141,20 @@ def open_rows(src: SourceConfig, where: str):
     except Exception as e:  # noqa: BLE001 - network, auth, missing dataset: all one line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise _hub_error(src, where, f"{type(e).__name__}: {first[:200]}") from None
+
+
+def _local_rows(rows, files: list[str], where: str) -> Iterator[dict]:
+    """``rows``, with a file that is not UTF-8 (``datasets`` fails on it mid-stream, naming no file)
+    reported in one line: which file, at which byte."""
+    try:
+        yield from rows
+    except UnicodeDecodeError:
+        for f in files:  # only now, on the way out: find the file and the byte
+            try:
+                Path(f).read_bytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{where}.files: {f}: not UTF-8 text (byte {e.start})") from None
+        raise
 
 
 def _text(value) -> str | None:

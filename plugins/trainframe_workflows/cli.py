@@ -19,6 +19,7 @@ import yaml
 
 from trainframe.commands import tokenizer_train_args, tokenizer_train_main
 from trainframe.errors import UserError
+from trainframe.fileio import writing
 
 from .corpus import iter_texts
 
@@ -186,6 +187,11 @@ def schema_train(args: argparse.Namespace) -> int:
         name, schema = load_schema(args.schema)
     except SchemaNotFound as e:
         raise UserError(f"--schema: {e}") from None
+    # No default file name: a vocabulary dropped into the current directory is easily lost or overwritten.
+    config_vocab = getattr(args.run_config.components["tokenizer"], "vocab", None) if args.run_config else None
+    if not (args.out or config_vocab):
+        raise UserError("--out: required for --kind schema: the vocabulary file to write, e.g. "
+                        "data/github-workflow.tokenizer.json (or give a run CONFIG whose tokenizer.vocab names it)")
     root = Compiler(schema).root_node
     docs = []
     unreadable = 0
@@ -194,14 +200,15 @@ def schema_train(args: argparse.Namespace) -> int:
             docs.append(load_document(text))
         except (yaml.YAMLError, ValueError):
             unreadable += 1
-    out = Path(args.out or f"{name}.tokenizer.json")
+    out = Path(args.out or config_vocab)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     try:
         vocab = train_vocab(root, docs, args.vocab_size, args.max_dict, log=log,
                             meta={"schema": name, "corpus": Path(args.data).name})
     except ValueError as e:
         raise UserError(f"{args.data}: {e} (schema {name}; {unreadable} unreadable)") from None
-    vocab.save(out)
+    with writing(out, "the vocabulary"):
+        vocab.save(out)
     print(f"wrote {out}: {vocab.size} ids, {len(vocab.dictionary)} dictionary strings, {len(vocab.merges)} merges "
           f"from {vocab.meta['documents']} documents")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from trainframe.errors import UserError
+from trainframe.fileio import relative_note
 
 SUFFIXES = (".yml", ".yaml", ".json")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.xz", ".jsonl.gz")
@@ -45,8 +46,8 @@ def corpus_files(path: Path, where: str = "") -> list[Path]:
     """The workflow files of a collection (``[path]`` for a single file); a bad path raises UserError
     led by ``where`` (e.g. ``"data.path: "``)."""
     if not path.exists():
-        raise UserError(f"{where}{path}: no such file or directory; expected a .jsonl of workflows "
-                        "(or .jsonl.xz, .jsonl.gz), a directory or a workflow file")
+        raise UserError(f"{where}{path}: no such file or directory{relative_note(path)}; expected a .jsonl of "
+                        "workflows (or .jsonl.xz, .jsonl.gz), a directory or a workflow file")
     if path.is_dir():
         files = dir_files(path)
         if not files:
@@ -132,6 +133,8 @@ def _read(f: Path) -> tuple[str | None, str | None]:
         return f.read_text(encoding="utf-8"), None
     except UnicodeDecodeError as e:
         return None, f"not UTF-8 text (byte {e.start})"
+    except OSError as e:
+        return None, f"cannot read: {e.strerror}"
 
 
 def dir_files(path: Path) -> list[Path]:

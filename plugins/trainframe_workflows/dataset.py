@@ -20,6 +20,7 @@ from trainframe.config import ComponentConfig
 from trainframe.data.datasets import cache_root
 from trainframe.data.shards import token_dtype
 from trainframe.errors import UserError
+from trainframe.fileio import writing
 
 from .corpus import corpus_files, count_records, iter_records
 from .corpus_cache import tokenize_corpus
@@ -171,18 +172,21 @@ def open_corpus(cfg: WorkflowsConfig, tokenizer) -> tuple[np.ndarray, dict, Path
     out = cache_root(cfg.cache_dir) / "workflows" / cache_key(sources, tokenizer.fingerprint())
     reused = (out / "docs.json").exists()
     if not reused:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with _entry_lock(out):
-            reused = (out / "docs.json").exists()  # another process may have finished it meanwhile
-            if not reused:
-                show = sys.stdout.isatty()
-                total = sum(count_records(p, f) or 0 for p, f in sources) if show else None
-                label = f"tokenizing {', '.join(p.name for p, _ in sources)}"
-                meta = {"version": CACHE_VERSION, "source": [str(p) for p, _ in sources]}
-                tokenize_corpus(iter_corpus(sources, isinstance(cfg.path, str)), out, tokenizer,
-                                token_dtype(tokenizer.vocab_size()),
-                                workers=cfg.workers or min(os.cpu_count() or 1, 32),
-                                total=total or None, label=label, meta=meta, progress=show)
+        dtype = token_dtype(tokenizer.vocab_size())
+        # About a token per byte at most (compressed corpora aside): for the disk-full message
+        size = sum(f.stat().st_size for _, files in sources for f in files) * dtype.itemsize
+        with writing(out, "the tokenized corpus cache", size):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with _entry_lock(out):
+                reused = (out / "docs.json").exists()  # another process may have finished it meanwhile
+                if not reused:
+                    show = sys.stdout.isatty()
+                    total = sum(count_records(p, f) or 0 for p, f in sources) if show else None
+                    label = f"tokenizing {', '.join(p.name for p, _ in sources)}"
+                    meta = {"version": CACHE_VERSION, "source": [str(p) for p, _ in sources]}
+                    tokenize_corpus(iter_corpus(sources, isinstance(cfg.path, str)), out, tokenizer, dtype,
+                                    workers=cfg.workers or min(os.cpu_count() or 1, 32),
+                                    total=total or None, label=label, meta=meta, progress=show)
     meta = json.loads((out / "docs.json").read_text())
     tokens = np.memmap(out / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r") if meta["docs"] else np.zeros(0)
     n_tok = sum(d[2] for d in meta["docs"])  # not counting the end PADs

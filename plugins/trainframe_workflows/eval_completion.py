@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from trainframe.errors import UserError
+from trainframe.fileio import relative_note
 
 MATCH = 16  # tokens after a cut compared with the original
 
@@ -198,7 +199,7 @@ def eval_completion_main(args: argparse.Namespace) -> int:
         if v <= 0:
             raise UserError(f"{flag}: expected a positive integer, got {v}")
     if args.data is not None and not args.data.exists():
-        raise UserError(f"--data: {args.data}: no such file or directory")
+        raise UserError(f"--data: {args.data}: no such file or directory{relative_note(args.data)}")
     cfg, tokenizer, model = load_run_model(args.run_dir, args.checkpoint, args.device)
     _, data_cfg = cfg.component("data")
     if not (hasattr(tokenizer, "infill") and hasattr(data_cfg, "layout")):

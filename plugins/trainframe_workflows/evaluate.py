@@ -11,7 +11,7 @@ from pathlib import Path
 from trainframe.errors import UserError
 
 from .corpus import dir_files
-from .schema_tokenizer import load_schema
+from .schema_tokenizer import SchemaNotFound, load_schema
 from .schema_tokenizer.yaml_loader import load_document
 
 ROWS = [  # (key, label) in table order
@@ -137,7 +137,10 @@ def _cell(key: str, r: dict) -> str:
 def eval_main(args: argparse.Namespace) -> int:
     import jsonschema
 
-    _, schema = load_schema(args.schema)
+    try:
+        _, schema = load_schema(args.schema)
+    except SchemaNotFound as e:
+        raise UserError(f"--schema: {e}") from None
     validator = jsonschema.Draft7Validator(schema)
     results = [evaluate_dir(d, validator, not args.no_actionlint) for d in args.dirs]
     if args.json:

@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field
 import trainframe
 from trainframe.config import ComponentConfig
 from trainframe.errors import UserError
+from trainframe.fileio import relative_note
 
 from .cli import check_args, check_main, schema_train, schema_train_args
 from .dataset import WorkflowsConfig, build_workflows
@@ -39,7 +40,8 @@ def make_schema_tokenizer(schema: str, vocab: str | None = None):
     from .schema_tokenizer.regex_dfa import Unsupported
 
     if vocab is not None and not Path(vocab).is_file():
-        raise UserError(f"tokenizer.vocab: {vocab}: no such file; expected a file written by `trainframe tokenizer train`")
+        raise UserError(f"tokenizer.vocab: {vocab}: no such file{relative_note(vocab)}; expected a file written by "
+                        "`trainframe tokenizer train`")
     try:
         return SchemaTokenizer(schema, vocab=vocab)
     except SchemaNotFound as e:

@@ -47,7 +47,7 @@ import trainframe
 from trainframe.bench import _device_name
 from trainframe.config import load_config
 from trainframe.errors import UserError
-from trainframe.fileio import atomic_path, write_text_atomic
+from trainframe.fileio import atomic_path, write_text_atomic, writing
 from trainframe.phases import FullController, Phase
 
 TARGETS = (("50%", 0.5), ("75%", 0.75), ("100%", 1.0))
@@ -204,7 +204,8 @@ def run(recipes: list[Recipe], overrides: list[str], plugins, *, seeds: int, eva
             "tolerance": tolerance, "torch": torch.__version__,
             "recipes": {r.name: {"config": r.config, "overrides": [*overrides, *r.overrides],
                                  "max_steps": configs[r.name].trainer.max_steps} for r in recipes}}
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out, "the bench results"):
+        out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {}
     summary = None
     # With --json, stdout holds the one JSON object: a dataset's log lines go to stderr.

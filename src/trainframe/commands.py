@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -21,7 +24,7 @@ from trainframe.engine import rundir
 from trainframe.errors import UserError
 from trainframe.evaluate import eval_args, eval_main
 from trainframe.export import export_args, export_main
-from trainframe.fileio import write_text_atomic
+from trainframe.fileio import atomic_dir, write_text_atomic
 from trainframe.logging import truncate_metrics
 from trainframe.plot import plot_args, plot_main
 
@@ -297,16 +300,24 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
-def load_run_model(run_dir: Path, which: str = "latest", device: str = "auto", packed: bool = False):
-    """(config, tokenizer, model in eval mode) from a run directory's config and checkpoint, or from
-    an export directory (``trainframe export``; ``packed``: from its packed ternary weights)."""
+class LoadedRun(NamedTuple):
+    cfg: Any
+    tokenizer: Any
+    model: Any  # in eval mode
+    checkpoint: Path | None  # the checkpoint file read; None for an export
+    loop: dict  # its loop state (step, best_val); empty for an export
+
+
+def load_run(run_dir: Path, which: str = "latest", device: str = "auto", packed: bool = False) -> LoadedRun:
+    """A run directory's config and model from its checkpoint ``which`` (``ckpt.load_checkpoint``),
+    or an export directory's (``trainframe export``; ``packed``: from its packed ternary weights)."""
     from trainframe.engine.build import build_model, build_tokenizer, pick_device
     from trainframe.export import is_export, load_export
 
     if is_export(run_dir):
         if which not in ("latest", None):
             raise UserError(f"--checkpoint: {run_dir} is an export of a single checkpoint; leave --checkpoint out")
-        return load_export(run_dir, device, packed)
+        return LoadedRun(*load_export(run_dir, device, packed), None, {})
     if packed:
         raise UserError(f"--packed: {run_dir} is a run directory; packed ternary weights are in exports")
     plugins = _plugins()
@@ -314,12 +325,16 @@ def load_run_model(run_dir: Path, which: str = "latest", device: str = "auto", p
     if not config_file.exists():
         raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
     cfg = load_config(config_file, [], plugins.registry)
-    path = ckpt.resolve_checkpoint(run_dir, which)
-    state = ckpt.load(path)
+    path, state = ckpt.load_checkpoint(run_dir, which)
     tokenizer = build_tokenizer(cfg, plugins)
     model = build_model(cfg, plugins, tokenizer)
     model.load_state_dict(state["model"])
-    return cfg, tokenizer, model.to(pick_device(device)).eval()
+    return LoadedRun(cfg, tokenizer, model.to(pick_device(device)).eval(), path, state.get("loop", {}))
+
+
+def load_run_model(run_dir: Path, which: str = "latest", device: str = "auto", packed: bool = False):
+    """(config, tokenizer, model in eval mode) of ``load_run``."""
+    return load_run(run_dir, which, device, packed)[:3]
 
 
 def _read_text(path: Path, flag: str) -> str:
@@ -408,6 +423,12 @@ def generate_main(args: argparse.Namespace) -> int:
     for flag, value in (("--max-tokens", args.max_tokens), ("--n", args.n), ("--batch-size", args.batch_size)):
         if value <= 0:
             raise UserError(f"{flag}: expected a positive integer, got {value}")
+    if not 0 <= args.temperature < math.inf:  # NaN too
+        raise UserError(f"--temperature: expected a number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k: expected an integer >= 0 (0 = every token), got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p: expected a number > 0 and <= 1, got {args.top_p}")
     if args.prefix_tokens is not None and (args.prefix_from is None or args.prefix_tokens <= 0):
         raise UserError("--prefix-tokens: expected a positive integer, together with --prefix-from")
     if args.prefix_from is not None and args.prompt is not None:
@@ -445,46 +466,52 @@ def generate_main(args: argparse.Namespace) -> int:
     if not start and not prompt:  # a text model: continue a newline, as before
         prompt_text = "\n"
         prompt = list(tokenizer.encode(prompt_text)) or [tokenizer.eos_id]
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
     show = SampleProgress(args.n) if args.out is not None else None
     rows = []
     samples = sample_documents(model, tokenizer, start, prompt, args.n, max_tokens=args.max_tokens,
                                batch_size=args.batch_size, constrained=args.constrained,
                                temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
                                seed=args.seed, progress=show and show.advance, allowed_new=allowed_new)
-    try:
-        for i, (new, finished) in enumerate(samples, 1):
-            if infill is not None:  # the middle goes back into the document
-                new = infill.document(new)
-            row = {"sample": i, "file": None, "tokens": len(prompt) + len(new), "prompt_tokens": len(prompt),
-                   "finished": finished, "error": None}
-            if args.constrained and allowed_new is None and hasattr(tokenizer, "budget_limited"):
-                row["budget_closed"] = tokenizer.budget_limited(prompt, new, args.max_tokens - 1)
-            try:
-                text, suffix = _render(tokenizer, prompt + new, prompt_text, new)
-            except ValueError as e:
-                row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
-                text = suffix = None
-            if args.out is None:
-                if args.n > 1 or row["error"]:
-                    print(f"--- sample {i}" + (f": does not decode: {row['error']}" if row["error"] else ""))
+    # --out appears whole, with samples.jsonl, or not at all
+    with (atomic_dir(args.out, "the samples") if args.out is not None else contextlib.nullcontext()) as folder:
+        try:
+            for i, (new, finished) in enumerate(samples, 1):
+                if infill is not None:  # the middle goes back into the document
+                    new = infill.document(new)
+                row = {"sample": i, "file": None, "tokens": len(prompt) + len(new), "prompt_tokens": len(prompt),
+                       "finished": finished, "error": None}
+                if args.constrained and allowed_new is None and hasattr(tokenizer, "budget_limited"):
+                    row["budget_closed"] = tokenizer.budget_limited(prompt, new, args.max_tokens - 1)
+                try:
+                    text, suffix = _render(tokenizer, prompt + new, prompt_text, new)
+                except ValueError as e:
+                    row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    text = suffix = None
+                if folder is None:
+                    if args.n > 1 or row["error"]:
+                        print(f"--- sample {i}" + (f": does not decode: {row['error']}" if row["error"] else ""))
+                    if text is not None:
+                        print(text)
+                    continue
                 if text is not None:
-                    print(text)
-                continue
-            if text is not None:
-                row["file"] = f"sample_{i:04d}{suffix}"
-                write_text_atomic(args.out / row["file"], text)
-            rows.append(row)
-    finally:
-        if show is not None:
-            show.close()
+                    row["file"] = f"sample_{i:04d}{suffix}"
+                    (folder / row["file"]).write_text(text, encoding="utf-8")
+                rows.append(row)
+        finally:
+            if show is not None:
+                show.close()
+        if folder is not None:
+            (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     if args.out is not None:
-        write_text_atomic(args.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         decoded = sum(r["file"] is not None for r in rows)
         closed = sum(bool(r.get("budget_closed")) for r in rows)
         print(f"{len(rows)} samples, {decoded} decoded, {sum(r['finished'] for r in rows)} finished"
               + (f" ({closed} closed early to fit --max-tokens)" if closed else "") + f"; written to {args.out}")
+        if decoded < len(rows):
+            fix = ("sample with --constrained (only tokens that keep the document valid) or raise --max-tokens"
+                   if hasattr(tokenizer, "allowed_next") and not args.constrained else "raise --max-tokens")
+            print(f"trainframe: {len(rows) - decoded} of {len(rows)} samples do not decode (samples.jsonl says "
+                  f"why): {fix}", file=sys.stderr)
     return 0
 
 

@@ -65,19 +65,17 @@ def evaluate(model, batches, device: torch.device, progress=None) -> tuple[float
     return (float(loss_sum) / count if count else math.nan), count, n
 
 
-def _source(path: Path, which: str, packed: bool) -> str:
-    from trainframe.engine import checkpoint as ckpt
+def _source(path: Path, checkpoint: Path | None, packed: bool) -> str:
     from trainframe.export import TERNARY, WEIGHTS, _read_manifest
 
-    manifest = _read_manifest(path)
-    if manifest is not None:
-        c = manifest["checkpoint"]
-        return f"export of {c['file']} (step {c['step']}), {TERNARY if packed else WEIGHTS}"
-    return ckpt.resolve_checkpoint(path, which).name
+    if checkpoint is not None:
+        return checkpoint.name
+    c = _read_manifest(path)["checkpoint"]
+    return f"export of {c['file']} (step {c['step']}), {TERNARY if packed else WEIGHTS}"
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    from trainframe.commands import load_run_model
+    from trainframe.commands import load_run
     from trainframe.config import load_config
     from trainframe.plugins import current
 
@@ -85,7 +83,7 @@ def eval_main(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
-    cfg, tokenizer, model = load_run_model(args.path, args.checkpoint, args.device, packed=args.packed)
+    cfg, tokenizer, model, checkpoint, _ = load_run(args.path, args.checkpoint, args.device, packed=args.packed)
     data_cfg = load_config(args.config, [], current().registry) if args.config else cfg
     device = next(model.parameters()).device
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
@@ -100,7 +98,7 @@ def eval_main(args: argparse.Namespace) -> int:
     if n == 0 or tokens == 0:
         raise UserError(f"{data_cfg.data['name']} dataset: the {args.split} split has no tokens to evaluate "
                         "(raise data.val_fraction?)")
-    result = {"path": str(args.path), "source": _source(args.path, args.checkpoint, args.packed),
+    result = {"path": str(args.path), "source": _source(args.path, checkpoint, args.packed),
               "dataset": data_cfg.data["name"], "split": args.split, "batches": n, "tokens": tokens,
               "loss": loss, "perplexity": math.exp(min(loss, 50))}
     chars_per_token = getattr(dataset, "chars_per_token", None)

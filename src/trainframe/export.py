@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from trainframe.config import load_raw, resolve
 from trainframe.errors import UserError
+from trainframe.fileio import atomic_dir
 from trainframe.model.bitlinear import (
     BitLinear,
     dequantize,
@@ -179,23 +180,17 @@ def _readme(manifest: dict, run_name: str) -> str:
 
 def export_run(run_dir: Path, which: str, out: Path, *, force: bool = False, dtype: str = "float32") -> dict:
     """Write an export of ``run_dir``'s checkpoint ``which`` to ``out``; returns its config.json."""
-    from trainframe.commands import load_run_model
-    from trainframe.engine import checkpoint as ckpt
+    from trainframe.commands import load_run
 
     run_dir, out = Path(run_dir), Path(out)
     if is_export(run_dir):
         raise UserError(f"{run_dir}: already an export; export reads a run directory")
     _check_out(out, force)
-    cfg, tokenizer, model = load_run_model(run_dir, which, "cpu")
-    ckpt_path = ckpt.resolve_checkpoint(run_dir, which)
-    loop = ckpt.load(ckpt_path).get("loop", {})
+    cfg, tokenizer, model, ckpt_path, loop = load_run(run_dir, which, "cpu")
     torch_dtype = DTYPES[dtype]
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    # About what the files take (tied weights counted twice; a ternary copy adds less than this).
+    size = sum(t.numel() for t in model.state_dict().values()) * torch_dtype.itemsize
+    with atomic_dir(out, "the export", size) as tmp:
         tensors, tied = _unique_tensors(model.state_dict(), torch_dtype)
         save_file(tensors, tmp / WEIGHTS, metadata={"format": FORMAT, "tied": json.dumps(tied)})
         files = {WEIGHTS: (tmp / WEIGHTS).stat().st_size}
@@ -227,10 +222,6 @@ def export_run(run_dir: Path, which: str, out: Path, *, force: bool = False, dty
         for f in tmp.rglob("*"):
             if f.is_file():
                 f.chmod(mode)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -238,17 +229,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished export into place; a previous export is swapped out, then removed."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
 
 
 # ------------------------------------------------------------------------------------ loading

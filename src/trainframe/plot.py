@@ -20,13 +20,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl; expected a run directory written by `trainframe train`")
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); expected the JSON lines a run writes") from None
     for n, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             if n < len(lines):  # a torn last line of a live run is fine
                 raise UserError(f"{path}:{n}: not JSON") from None
+            continue
+        if not (isinstance(row, dict) and isinstance(row.get("step"), int)):
+            raise UserError(f"{path}:{n}: expected an object with a 'step' number, got {line[:60]}")
+        rows.append(row)
     return rows
 
 
@@ -37,8 +44,9 @@ def plot_main(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(args.run_dir)
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    # null is a non-finite loss (JSON has no NaN): left out
+    train = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
+    val = [(r["step"], r["val_loss"]) for r in rows if isinstance(r.get("val_loss"), (int, float))]
     if not train and not val:
         raise UserError(f"{args.run_dir / 'metrics.jsonl'}: no loss or val_loss rows to plot")
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
@@ -54,9 +62,14 @@ def plot_main(args: argparse.Namespace) -> int:
     ax.grid(alpha=0.3)
     ax.legend()
     out = args.out or args.run_dir / "loss.png"
+    formats = fig.canvas.get_supported_filetypes()  # savefig picks the format by suffix
+    if out.suffix[1:].lower() not in formats:
+        plt.close(fig)
+        raise UserError(f"--out: {out}: expected a file name ending in one of "
+                        f"{', '.join('.' + f for f in sorted(formats))} (the format of the plot)")
     fig.tight_layout()
     try:
-        with atomic_path(out) as tmp:
+        with atomic_path(out, what="the plot") as tmp:
             fig.savefig(tmp)
     finally:
         plt.close(fig)

@@ -11,8 +11,9 @@ from pathlib import Path
 from pydantic import Field
 
 from trainframe.config import ComponentConfig
-from trainframe.data.shards import TokenWindows, open_shards, write_shards
+from trainframe.data.shards import TokenWindows, check_ids, open_shards, token_dtype, write_shards
 from trainframe.errors import UserError
+from trainframe.fileio import relative_note
 
 
 PACK_HELP = ("attention within each document (split at the tokenizer's EOS) and positions restarting at "
@@ -56,7 +57,7 @@ def _expand(patterns: str | list[str]) -> list[Path]:
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern)))
         if not matches:
-            raise UserError(f"data.path: no file matches '{pattern}'")
+            raise UserError(f"data.path: no file matches '{pattern}'{relative_note(pattern)}")
         files.extend(Path(m) for m in matches)
     for f in files:
         if not f.is_file():
@@ -69,6 +70,7 @@ def build_tokens(cfg: TokensConfig, *, tokenizer, context: int, seed: int, rank:
     if index.get("vocab_size", 0) > tokenizer.vocab_size():
         raise UserError(f"data.path: {cfg.path}: shards use vocab {index['vocab_size']}, "
                         f"the tokenizer has {tokenizer.vocab_size()}")
+    check_ids(index, arrays, tokenizer.vocab_size(), f"data.path: {cfg.path}")
     return TokenWindows(arrays, context, cfg.val_fraction, seed, rank, world_size, pack_eos(cfg.pack, tokenizer))
 
 
@@ -92,7 +94,9 @@ def build_textfile(cfg: TextFileConfig, *, tokenizer, context: int, seed: int, r
                 ids = tokenizer.encode(text)
                 yield ids + ([eos] if eos is not None else [])
 
+        # At most a token per byte (the byte tokenizer's count, plus each file's EOS)
+        size = sum(f.stat().st_size + 1 for f in files) * token_dtype(tokenizer.vocab_size()).itemsize
         write_shards(out, chunks(), tokenizer.vocab_size(),
-                     {"sources": [str(f) for f in files], "tokenizer": fingerprint})
+                     {"sources": [str(f) for f in files], "tokenizer": fingerprint}, size=size)
     _, arrays = open_shards(out)
     return TokenWindows(arrays, context, cfg.val_fraction, seed, rank, world_size, pack_eos(cfg.pack, tokenizer))

@@ -2,7 +2,9 @@
 
 A shard directory holds ``index.json`` and flat ``.bin`` files of uint16 or uint32 token ids
 (uint32 when the vocabulary exceeds 65535), read by memmap so a corpus larger than memory costs
-nothing to open. Documents are separated by the tokenizer's EOS id.
+nothing to open. Documents are separated by the tokenizer's EOS id. The index records the largest
+id (``max_id``), so that a dataset can refuse ids its tokenizer does not have when it opens the
+shards, instead of failing in an embedding lookup mid-run, without reading them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from trainframe.errors import UserError
+from trainframe.fileio import relative_note, writing
 
 INDEX = "index.json"
 
@@ -25,14 +28,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
-def write_shards(out_dir: Path, token_chunks, vocab_size: int, meta: dict, shard_tokens: int = 1 << 26) -> dict:
+def write_shards(out_dir: Path, token_chunks, vocab_size: int, meta: dict, shard_tokens: int = 1 << 26,
+                 size: int | None = None) -> dict:
     """Write an iterable of token-id lists as shards plus index.json, atomically: the directory
-    appears complete under its final name or not at all."""
+    appears complete under its final name or not at all. ``size``: about the bytes it takes (for
+    the disk-full message)."""
     out_dir = Path(out_dir)
     dtype = token_dtype(vocab_size)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    shards, buf, count = [], [], 0
+    shards, buf, count, top, tmp = [], [], 0, -1, None
 
     def flush():
         nonlocal buf, count
@@ -43,17 +46,26 @@ def write_shards(out_dir: Path, token_chunks, vocab_size: int, meta: dict, shard
         shards.append({"file": name, "tokens": int(count)})
         buf, count = [], 0
 
-    for chunk in token_chunks:
-        arr = np.asarray(chunk, dtype=np.int64)
-        if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-            raise ValueError(f"token id out of range for vocab {vocab_size}")
-        buf.append(arr)
-        count += arr.size
-        if count >= shard_tokens:
+    try:
+        with writing(out_dir, "token shards", size):
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
+            for chunk in token_chunks:
+                arr = np.asarray(chunk, dtype=np.int64)
+                if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+                    raise ValueError(f"token id out of range for vocab {vocab_size}")
+                top = max(top, int(arr.max())) if arr.size else top
+                buf.append(arr)
+                count += arr.size
+                if count >= shard_tokens:
+                    flush()
             flush()
-    flush()
-    index = {"dtype": dtype.name, "vocab_size": vocab_size, "shards": shards, **meta}
-    (tmp / INDEX).write_text(json.dumps(index, indent=1))
+            index = {"dtype": dtype.name, "vocab_size": vocab_size, "max_id": top, "shards": shards, **meta}
+            (tmp / INDEX).write_text(json.dumps(index, indent=1))
+    except BaseException:  # unreadable input, a full disk: no half-written directory stays behind
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, out_dir)
     except OSError:  # another process finished the same cache first: keep theirs
@@ -65,7 +77,7 @@ def open_shards(path: Path) -> tuple[dict, list[np.memmap]]:
     path = Path(path)
     index_file = path / INDEX
     if not index_file.exists():
-        raise UserError(f"{path}: not a token shard directory (no {INDEX})")
+        raise UserError(f"{path}: not a token shard directory (no {INDEX}){relative_note(path)}")
     try:
         index = json.loads(index_file.read_text())
         dtype = np.dtype(index["dtype"])
@@ -80,6 +92,17 @@ def open_shards(path: Path) -> tuple[dict, list[np.memmap]]:
     except FileNotFoundError as e:
         raise UserError(f"{path}: shard file missing: {e.filename}") from None
     return index, arrays
+
+
+def check_ids(index: dict, arrays: list[np.ndarray], vocab_size: int, where: str) -> None:
+    """Refuse shards with an id the tokenizer does not have. The index's ``max_id`` says it at no
+    cost; shards written without it (by hand, or by an older trainframe) are read once."""
+    top = index.get("max_id")
+    if not isinstance(top, int):
+        top = max((int(a.max()) for a in arrays if a.size), default=-1)
+    if top >= vocab_size:
+        raise UserError(f"{where}: the shards hold token id {top}, but the tokenizer has only {vocab_size} ids "
+                        f"(0 to {vocab_size - 1}); they were made with another tokenizer")
 
 
 def eos_positions(inputs: np.ndarray, eos: int) -> np.ndarray:

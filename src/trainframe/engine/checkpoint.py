@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from trainframe.errors import UserError
-from trainframe.fileio import TEMP_GLOB, atomic_path
+from trainframe.fileio import TEMP_GLOB, atomic_path, writing
 
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 
@@ -25,9 +25,20 @@ def step_path(ckpt_dir: Path, step: int) -> Path:
     return Path(ckpt_dir) / f"step_{step:08d}.pt"
 
 
+def _nbytes(obj) -> int:
+    """Bytes of the tensors in a (nested) state: about the size of its checkpoint file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(map(_nbytes, obj.values()))
+    return sum(map(_nbytes, obj)) if isinstance(obj, (list, tuple)) else 0
+
+
 def save_atomic(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+    size = _nbytes(state)  # for the disk-full message
+    with writing(path, "the checkpoint", size):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, fsync=True, what="the checkpoint", size=size) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
 
 
@@ -79,26 +90,27 @@ def load_latest_good(ckpt_dir: Path, map_location="cpu") -> tuple[Path, dict]:
     raise UserError(f"{ckpt_dir}: every checkpoint is corrupt")
 
 
-def resolve_checkpoint(run_dir: Path, which: str = "latest") -> Path:
-    """``latest``, ``best`` or a step number -> a checkpoint path in ``run_dir``."""
+def load_checkpoint(run_dir: Path, which: str = "latest", map_location="cpu") -> tuple[Path, dict]:
+    """(path, state) of ``latest``, ``best`` or a step number in ``run_dir``. ``latest`` (and ``best``
+    where there is no best.pt) is the newest step checkpoint that loads, as ``resume`` takes it; a
+    file that ``best`` or a step number names must load."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     if which == "best":
         path = ckpt_dir / "best.pt"
         if path.exists():
-            return path
+            return path, load(path, map_location)
         which = "latest"
     if which == "latest":
-        found = step_checkpoints(ckpt_dir)
-        if not found:
+        if not step_checkpoints(ckpt_dir):
             raise UserError(f"{run_dir}: no checkpoint in {ckpt_dir}")
-        return found[-1][1]
+        return load_latest_good(ckpt_dir, map_location)
     if not which.isdigit():
         raise UserError(f"--checkpoint: expected best, latest or a step number, got '{which}'")
     path = step_path(ckpt_dir, int(which))
     if not path.exists():
         steps = ", ".join(str(s) for s, _ in step_checkpoints(ckpt_dir)) or "none"
         raise UserError(f"{run_dir}: no checkpoint for step {which} (have: {steps})")
-    return path
+    return path, load(path, map_location)
 
 
 def rng_state() -> dict:

@@ -13,7 +13,7 @@ from pydantic import Field
 
 import trainframe
 from trainframe.config import ComponentConfig
-from trainframe.fileio import write_text_atomic
+from trainframe.fileio import write_text_atomic, writing
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -31,11 +31,12 @@ class JsonlLogger:
 
     @trainframe.hookimpl
     def trainframe_log(self, step, metrics):
-        if self.file is None:
-            self.file = open(self.path, "a", buffering=1)
         row = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                 for k, v in metrics.items()}}
-        self.file.write(json.dumps(row) + "\n")
+        with writing(self.path, "the metrics"):
+            if self.file is None:
+                self.file = open(self.path, "a", buffering=1)
+            self.file.write(json.dumps(row) + "\n")
 
     @trainframe.hookimpl
     def trainframe_fit_end(self):
@@ -50,13 +51,13 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             if json.loads(line)["step"] <= last_step:
                 kept.append(line)
-        except (ValueError, KeyError):
-            continue  # a line cut by a kill
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill, or not one of ours
+    write_text_atomic(path, "".join(line + "\n" for line in kept), "the metrics")
 
 
 class TensorboardConfig(ComponentConfig):
