@@ -326,3 +326,36 @@ def test_zero_byte_newest_checkpoint_falls_back(plugins, tiny_config, tmp_path, 
     assert path == first and state["loop"]["step"] == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "corrupt or unreadable checkpoint (EOFError)" in err[0]
+
+
+@pytest.fixture
+def four_cores(monkeypatch):
+    """This process sees 4 cores and no thread variables; torch's thread count is restored after."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cpu_threads_default_leaves_a_core_and_keeps_a_chosen_count(four_cores, monkeypatch):
+    from trainframe.engine.build import set_cpu_threads
+
+    torch.set_num_threads(4)  # torch's default: every core
+    assert set_cpu_threads(None).startswith("cpu threads: 3 of 4 cores (one core left to other processes")
+    assert torch.get_num_threads() == 3
+    torch.set_num_threads(2)  # torch.set_num_threads before the run
+    assert set_cpu_threads(None) == "cpu threads: 2 of 4 cores (kept: torch already uses fewer)"
+    torch.set_num_threads(4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert set_cpu_threads(None) == "cpu threads: 4 of 4 cores (kept: OMP_NUM_THREADS=4)"
+    assert set_cpu_threads(2) == "cpu threads: 2 of 4 cores (trainer.cpu_threads)"  # the config wins
+    assert torch.get_num_threads() == 2
+
+
+def test_cpu_run_applies_trainer_cpu_threads_and_says_so(plugins, tiny_config, tmp_path, four_cores, capsys):
+    make_trainer(plugins, tiny_config, tmp_path / "run", "trainer.cpu_threads=1")
+    assert torch.get_num_threads() == 1
+    assert "cpu threads: 1 of 4 cores (trainer.cpu_threads)\n" in capsys.readouterr().out

@@ -38,6 +38,8 @@ class TrainerConfig(BaseModel):
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null disables")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    cpu_threads: int | None = Field(None, gt=0, description="torch threads of a CPU run; null = every core but one, "
+                                    "unless OMP_NUM_THREADS / MKL_NUM_THREADS or torch.set_num_threads chose fewer")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool | None = Field(None, description="torch.compile the model; null = on for CUDA")
     cuda_graphs: bool | Literal["auto"] = Field(

@@ -31,6 +31,29 @@ def pick_device(spec: str) -> torch.device:
     return device
 
 
+def set_cpu_threads(setting: int | None) -> str:
+    """Set torch's thread count for a CPU run (``trainer.cpu_threads``); returns a line saying what and why.
+
+    null leaves a core to other processes: torch's default takes every core, and its threads meet at
+    the end of every op, so one busy core stalls all of them at each op (3-30x slower steps on 2 cores,
+    docs/engine.md). A count chosen before the run, by OMP_NUM_THREADS, MKL_NUM_THREADS or
+    torch.set_num_threads to fewer than every core, is kept.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    env = [f"{v}={os.environ[v]}" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if os.environ.get(v)]
+    if setting is not None:
+        torch.set_num_threads(setting)
+        why = "trainer.cpu_threads"
+    elif env:
+        why = f"kept: {env[0]}"
+    elif torch.get_num_threads() < cores:
+        why = "kept: torch already uses fewer"
+    else:
+        torch.set_num_threads(max(1, cores - 1))
+        why = "one core left to other processes; trainer.cpu_threads sets the count"
+    return f"cpu threads: {torch.get_num_threads()} of {cores} cores ({why})"
+
+
 def _make(plugins, kind: str, section: str, cfg, *args, **kwargs):
     name = section["name"] if isinstance(section, dict) else section
     component = plugins.registry.get(kind, name)
@@ -78,6 +101,10 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, world: World | None = 
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the same seed on every rank: identical initial weights
     device = pick_device(distributed.device_for(world, cfg.trainer.device))
+    if device.type == "cpu":
+        threads = set_cpu_threads(cfg.trainer.cpu_threads)
+        if world.is_main:
+            print(threads)
     if cfg.trainer.deterministic:
         # cuBLAS needs a fixed workspace to be repeatable; set before the first CUDA matmul.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
