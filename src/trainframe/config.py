@@ -19,19 +19,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainframe.errors import UserError
+from trainframe.fileio import relative_note
 
 if TYPE_CHECKING:
     from trainframe.registry import Registry
 
 
-class ComponentConfig(BaseModel):
-    """Base of every component's config model: unknown keys are errors."""
+# Unknown keys are errors; so are .inf and .nan in a float (optim.lr=.inf would train NaN).
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model_config = ConfigDict(extra="forbid")
+
+class ComponentConfig(BaseModel):
+    """Base of every component's config model: unknown keys and non-finite numbers are errors."""
+
+    model_config = STRICT
 
 
 class TrainerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     max_steps: int = Field(1000, gt=0)
     batch_size: int = Field(8, gt=0, description="sequences per micro-batch")
@@ -68,7 +73,7 @@ class TrainerConfig(BaseModel):
 class RunConfig(BaseModel):
     """The resolved run config. Component sections hold validated component config models."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(**STRICT, arbitrary_types_allowed=True)
 
     name: str = "run"
     seed: int = 1337
@@ -115,11 +120,13 @@ LIST_SECTIONS = {"loggers": "logger", "callbacks": "callback"}
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
+        raise UserError(f"{path}: config file not found{relative_note(path)}") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read config: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); a config is UTF-8 YAML") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -134,19 +141,26 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _merge(base: dict, over: dict, origins: dict, source: str, prefix=()) -> dict:
-    """Deep-merge ``over`` onto ``base`` (mappings merge, everything else replaces); track origins."""
+def _set_origin(origins: dict, path: tuple, source: str, inner: dict | None = None) -> None:
+    """``path`` (and everything under it) was set by ``source``; ``inner``: the origins of keys
+    under ``path`` that ``source`` itself took from elsewhere (a parent of a parent)."""
+    for p in [p for p in origins if p[: len(path)] == path]:
+        del origins[p]
+    origins[path] = source
+    origins.update({p: f for p, f in (inner or {}).items() if p[: len(path)] == path})
+
+
+def _merge(base: dict, over: dict, origins: dict, source: str, prefix=(), over_origins: dict | None = None) -> dict:
+    """Deep-merge ``over`` onto ``base`` (mappings merge, everything else replaces); track origins.
+    ``over_origins``: where the keys of ``over`` came from, when not all from ``source``."""
     out = dict(base)
     for key, value in over.items():
         path = prefix + (str(key),)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, origins, source, path)
+            out[key] = _merge(out[key], value, origins, source, path, over_origins)
         else:
             out[key] = value
-            # Everything under a replaced path now comes from ``source``.
-            for p in [p for p in origins if p[: len(path)] == path]:
-                del origins[p]
-            origins[path] = source
+            _set_origin(origins, path, _source(over_origins or {}, path, source), over_origins)
     return out
 
 
@@ -175,9 +189,7 @@ def load_raw(path: str | Path, _seen: tuple = ()) -> tuple[dict, dict]:
         if not parent_path.exists():
             raise UserError(f"{path}: extends: file not found: {parent_path}")
         pdata, porigins = load_raw(parent_path, (*_seen, resolved))
-        merged = _merge(merged, pdata, origins, str(parent_path))
-        # _merge recorded the parent file for leaves; keep the parents' own deeper origins.
-        origins.update(porigins)
+        merged = _merge(merged, pdata, origins, str(parent_path), over_origins=porigins)
     merged = _merge(merged, data, origins, str(path))
     return merged, origins
 
@@ -217,7 +229,7 @@ def apply_overrides(data: dict, origins: dict, overrides: list[str]) -> dict:
             node[int(last)] = value
         else:
             node[last] = value
-        origins[tuple(parts)] = "command line"
+        _set_origin(origins, tuple(parts), "command line")
     return data
 
 
@@ -279,8 +291,10 @@ def _error_text(err: dict, model: type[BaseModel], loc: tuple, valid_keys) -> st
         if loc and isinstance(loc[-1], int):
             return f"expected more items: item {loc[-1]} is missing"
         return "required key is missing"
+    if kind == "finite_number":
+        return f"expected {_expected_number(model, loc).replace('a number', 'a finite number')}{got}"
     if kind in ("float_parsing", "float_type", "greater_than", "greater_than_equal", "less_than",
-                "less_than_equal", "finite_number"):
+                "less_than_equal"):
         return f"expected {_expected_number(model, loc)}{got}"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"expected {_expected_number(model, loc)}{got}"
@@ -311,9 +325,16 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _source(origins: dict, path: tuple, default: str) -> str:
-    for n in range(len(path), 0, -1):
-        if tuple(str(p) for p in path[:n]) in origins:
-            return origins[tuple(str(p) for p in path[:n])]
+    """The file (or "command line") that set ``path``: the nearest setting at or above a key; for a
+    section whose keys came from several, the one applied last (a child over its parents, the
+    command line over both: the likeliest place of the change that broke it)."""
+    path = tuple(str(p) for p in path)
+    under = [source for p, source in origins.items() if p[: len(path)] == path]  # in the order applied
+    if under:
+        return under[-1]
+    for n in range(len(path) - 1, 0, -1):
+        if path[:n] in origins:
+            return origins[path[:n]]
     return default
 
 
@@ -386,12 +407,13 @@ def resolve(data: dict, registry: "Registry", origins: dict | None = None, sourc
             components[section] = _validate_component(registry, kind, raw[section], (section,), origins,
                                                       source, errors)
     for section, kind in LIST_SECTIONS.items():
-        items = raw.get(section) or []
-        if isinstance(items, list):
-            components[section] = [
-                _validate_component(registry, kind, item, (section, i), origins, source, errors)
-                for i, item in enumerate(items)
-            ]
+        items = raw.get(section)
+        if not isinstance(items, list):
+            errors.append(f"{_source(origins, (section,), source)}: {section}: expected a list of mappings with a "
+                          f"'name' key ([] for none), got {_describe(items)}")
+            continue
+        components[section] = [_validate_component(registry, kind, item, (section, i), origins, source, errors)
+                               for i, item in enumerate(items)]
     if errors:
         raise UserError("\n".join(dict.fromkeys(errors)))
     assert cfg is not None
