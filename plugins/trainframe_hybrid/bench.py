@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from trainframe.bench_target import Recipe, View, run
+from trainframe.bench_target import Recipe, View, budget_argument, parse_budgets, parse_recipe, run
 from trainframe.config import apply_overrides, load_raw
 from trainframe.errors import UserError
 
@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="runs per controller (seeds seed, seed+1, ...)")
     p.add_argument("--controllers", default="full,hybrid,skip,extrapolate",
                    help="comma-separated phase controllers; 'full' is required (it sets the targets)")
+    p.add_argument("--recipe", action="append", default=[], metavar='"NAME [KEY=VALUE ...]"',
+                   help="one more recipe after the controllers: a name and its overrides in one quoted string "
+                        "(e.g. \"outer-k16 'phases={name: outer, every: 16}'\"); repeat for more")
+    budget_argument(p, default="0.5,0.75")
     p.add_argument("--eval-every", type=int, default=None, help="steps between val evals (default max_steps/20)")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
     p.add_argument("--out", type=Path, default=None,
@@ -52,18 +56,25 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--controllers: 'full' is required: its val losses are the targets")
     if len(set(controllers)) != len(controllers):
         raise UserError(f"--controllers: a controller is listed twice in '{args.controllers}'")
-    recipes = [Recipe(c, str(args.config), [phases_override(args.config, args.overrides, c)])
+    recipes = [Recipe(c, str(args.config), [phases_override(args.config, args.overrides, c, plugins.registry)])
                for c in ["full"] + [c for c in controllers if c != "full"]]
+    recipes += [parse_recipe(text, args.config) for text in args.recipe]
     out = args.out or Path("runs") / f"bench-predictive-{time.strftime('%Y%m%d-%H%M%S')}"
     return run(recipes, args.overrides, plugins, seeds=args.seeds, eval_every=args.eval_every,
-               stop_at_target=False, out=out, as_json=args.json, view=VIEW)
+               stop_at_target=False, out=out, as_json=args.json, view=VIEW, budgets=parse_budgets(args.budgets))
 
 
-def phases_override(path, overrides: list[str], controller: str) -> str:
+def phases_override(path, overrides: list[str], controller: str, registry) -> str:
     """``phases`` switched to ``controller``. The config's other phases keys (``phases.warmup_steps=50``
-    ...) go to every controller of the hybrid family, which share one set of keys, and not to ``full``."""
+    ...) go to every controller that has them (the hybrid family shares one set), not to ``full``."""
     data, origins = load_raw(path)
     section = dict(apply_overrides(data, origins, overrides).get("phases") or {})
     # time_overhead: the controllers wait for the GPU after their work, so overhead_s holds its time
-    section = {"name": "full"} if controller == "full" else {**section, "name": controller, "time_overhead": True}
+    if controller == "full":
+        section = {"name": "full"}
+    else:  # the keys this controller has (outer and selective share none with the hybrid family)
+        fields = registry.get("phases", controller).config.model_fields
+        section = {**{k: v for k, v in section.items() if k in fields}, "name": controller}
+        if "time_overhead" in fields:
+            section["time_overhead"] = True
     return f"phases={json.dumps(section)}"

@@ -1,4 +1,5 @@
-"""Registration: the hybrid controller, its baselines, and ``trainframe bench predictive``."""
+"""Registration: the hybrid controller, its baselines, outer Nesterov, selective backprop, and
+``trainframe bench predictive``."""
 
 import trainframe
 from trainframe_hybrid.controller import (
@@ -8,6 +9,8 @@ from trainframe_hybrid.controller import (
     NowcastConfig,
     SkipConfig,
 )
+from trainframe_hybrid.outer import GatedOuterConfig, OuterConfig, build_gated_outer, build_outer
+from trainframe_hybrid.selective import SelectiveConfig, build_selective
 
 
 def build_controller(cfg: HybridConfig) -> HybridController:
@@ -26,5 +29,11 @@ def trainframe_register(registry):
                  help="baseline: predicted steps apply the recent mean update, no learned model")
     registry.add("phases", "skip", build_controller, SkipConfig,
                  help="baseline: predicted steps are forward-only with frozen weights")
+    registry.add("phases", "outer", build_outer, OuterConfig,
+                 help="full steps; every K steps an outer Nesterov step on the K-step displacement")
+    registry.add("phases", "outer-gated", build_gated_outer, GatedOuterConfig,
+                 help="outer Nesterov whose step size the dynamics ensemble picks, verified with rollback")
+    registry.add("phases", "selective", build_selective, SelectiveConfig,
+                 help="backward on the rows with the highest loss at their last visit (or a random share)")
     registry.add_command("bench predictive", bench.main, bench.add_arguments,
                          help="compare phase controllers: val loss against wall-clock, backward passes, FLOPs")

@@ -11,6 +11,14 @@ short of a median target), and reaches it within ``--tolerance`` (a share of the
 that differ, e.g. under CUDA graphs, move the same run's loss in the fourth digit).
 ``bench predictive`` (the hybrid plugin) is this machinery with one recipe per phase controller.
 
+Budget-fit controls (``--budgets 0.5,0.75``): the baseline again at shorter budgets, its schedule
+fit to each (schedules are functions of ``trainer.max_steps``). Together with the baseline they
+give plain training's loss per FLOP, and with it each recipe's *compute factor*: the FLOPs plain
+training at a budget fit to it needs to reach the recipe's final val loss, over the recipe's FLOPs
+(interpolated between the plain budgets in log FLOPs; marked ``~`` where extrapolated). Above 1, the
+recipe buys more loss per FLOP than plain training; 0.75x the time needs 1.33. The *time factor* is
+the same in wall-clock.
+
 The clock, and why:
 - Compile (and CUDA-graph recording) happens in a warm-up before it starts, so no recipe pays for it;
   the warm-up's steps are then undone (weights, optimizer, data position, RNG), so it changes no result.
@@ -69,6 +77,7 @@ class Recipe:
     name: str
     config: str
     overrides: list[str] = field(default_factory=list)
+    budget: float | None = None  # the baseline at this share of its steps (1.0: the baseline itself)
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ def target_args(p: argparse.ArgumentParser) -> None:
                         "[KEY=VALUE, ...]}]'; they come before any --recipe; paths are relative to the "
                         "current directory, as CONFIG is")
     p.add_argument("--seeds", type=int, default=3, help="runs per recipe, seeds seed, seed+1, ... (default 3)")
+    budget_argument(p, default="")
     p.add_argument("--eval-every", type=int, default=None,
                    help="steps between val evals (default each recipe's max_steps/20); also at 50/75/100%%")
     p.add_argument("--stop-at-target", action="store_true",
@@ -109,6 +119,24 @@ def target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for results.json, results.md, curves.png (default runs/bench-target-TIME)")
+
+
+def budget_argument(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--budgets", default=default, metavar="F,F,...",
+                   help="budget-fit controls: the baseline again at these shares of its trainer.max_steps, "
+                        f"its schedule fit to each; they give each recipe's compute factor (default: "
+                        f"{default or 'none'})")
+
+
+def parse_budgets(text: str) -> list[float]:
+    try:
+        budgets = [float(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise UserError(f"--budgets: expected shares of the baseline's steps like 0.5,0.75, got {text!r}") from None
+    for f in budgets:
+        if not 0 < f < 1:
+            raise UserError(f"--budgets: expected shares in (0, 1), got {f:g}")
+    return budgets
 
 
 def target_main(args: argparse.Namespace) -> int:
@@ -125,7 +153,7 @@ def target_main(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"bench-target-{time.strftime('%Y%m%d-%H%M%S')}"
     return run(recipes or [Recipe("baseline", args.config)], args.overrides, current(), seeds=args.seeds,
                eval_every=args.eval_every, stop_at_target=args.stop_at_target, out=out, as_json=args.json,
-               tolerance=args.tolerance)
+               tolerance=args.tolerance, budgets=parse_budgets(args.budgets))
 
 
 def summarize_again(out: Path, tolerance: float, as_json: bool, view: View = View()) -> int:
@@ -134,7 +162,7 @@ def summarize_again(out: Path, tolerance: float, as_json: bool, view: View = Vie
         old = json.loads((out / "results.json").read_text())
         runs = {name: row["runs"] for name, row in old["recipes"].items()}
         meta = {key: old[key] for key in ("config", "eval_every", "stop_at_target", "torch")}
-        meta["recipes"] = {name: {k: row[k] for k in ("config", "overrides", "max_steps")}
+        meta["recipes"] = {name: {k: row.get(k) for k in ("config", "overrides", "max_steps", "budget")}
                            for name, row in old["recipes"].items()}
     except OSError as e:
         raise UserError(f"--summarize: {out / 'results.json'}: cannot read: {e.strerror}") from None
@@ -185,8 +213,10 @@ def read_recipes(path: Path, config) -> list[Recipe]:
 
 # ---------------------------------------------------------------------------------- the bench
 def run(recipes: list[Recipe], overrides: list[str], plugins, *, seeds: int, eval_every: int | None,
-        stop_at_target: bool, out: Path, as_json: bool, view: View = View(), tolerance: float = TOLERANCE) -> int:
-    """Run every recipe ``seeds`` times, write the results to ``out`` after every run, print them."""
+        stop_at_target: bool, out: Path, as_json: bool, view: View = View(), tolerance: float = TOLERANCE,
+        budgets: list[float] = ()) -> int:
+    """Run every recipe ``seeds`` times, write the results to ``out`` after every run, print them.
+    ``budgets``: budget-fit controls, the baseline at these shares of its steps, run after it."""
     if seeds < 1:
         raise UserError(f"--seeds: expected a positive integer, got {seeds}")
     if eval_every is not None and eval_every < 1:
@@ -197,13 +227,23 @@ def run(recipes: list[Recipe], overrides: list[str], plugins, *, seeds: int, eva
             raise UserError(f"recipe '{name}' is named twice; recipe names must differ")
     configs = {r.name: _load(r, overrides, plugins.registry) for r in recipes}  # every typo before any run
     baseline = names[0]
+    if budgets:
+        base = recipes[0]
+        steps = configs[baseline].trainer.max_steps
+        controls = [Recipe(f"{baseline}@{f:g}x", base.config, [*base.overrides, f"trainer.max_steps={round(f * steps)}"],
+                           budget=f) for f in budgets]
+        base.budget = 1.0
+        configs.update({r.name: _load(r, overrides, plugins.registry) for r in controls})
+        recipes = [base, *controls, *recipes[1:]]
+        names = [r.name for r in recipes]
     order = [(name, s) for s in range(seeds) for name in names]  # seed by seed: a cut-off run has every recipe
     if stop_at_target:  # the targets must be known before the other recipes run
         order = [(baseline, s) for s in range(seeds)] + [(n, s) for s in range(seeds) for n in names[1:]]
     meta = {"config": configs[baseline].name, "eval_every": eval_every, "stop_at_target": stop_at_target,
             "tolerance": tolerance, "torch": torch.__version__,
             "recipes": {r.name: {"config": r.config, "overrides": [*overrides, *r.overrides],
-                                 "max_steps": configs[r.name].trainer.max_steps} for r in recipes}}
+                                 "max_steps": configs[r.name].trainer.max_steps, "budget": r.budget}
+                        for r in recipes}}
     with writing(out, "the bench results"):
         out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {}
@@ -213,7 +253,9 @@ def run(recipes: list[Recipe], overrides: list[str], plugins, *, seeds: int, eva
     with quiet, tempfile.TemporaryDirectory(prefix="trainframe-bench-") as scratch:
         for i, (name, s) in enumerate(order):
             cfg = configs[name].model_copy(update={"seed": configs[name].seed + s})
-            stop_at = reach_at(summary, s, "100%") if stop_at_target and name != baseline else None
+            # budget-fit controls run to their end: their final losses are the plain curve
+            stop_at = (reach_at(summary, s, "100%") if stop_at_target and name != baseline
+                       and meta["recipes"][name]["budget"] is None else None)
             result = run_one(cfg, plugins, Path(scratch) / str(i), eval_every, stop_at, view.run_fields)
             if name == baseline and result["steps"] < cfg.trainer.max_steps:
                 raise UserError(f"baseline '{name}' (seed {cfg.seed}) stopped at step {result['steps']} of "
@@ -271,9 +313,12 @@ def warm_up(trainer) -> float:
     predict/correct steps, eval), then put the whole run state back. Returns its seconds."""
     start = time.perf_counter()
     state = copy.deepcopy(trainer.state_dict())
-    # The recipe's controller sees none of these steps: a controller's state before its first step
-    # need not round-trip through its state_dict (the hybrid one sets itself up on first sight).
-    controller, trainer.controller = trainer.controller, FullController()
+    # A controller that says so warms up itself (its batch shapes and forward calls get compiled);
+    # others see none of these steps: their state before the first step need not round-trip through
+    # their state_dict (the hybrid one sets itself up on first sight).
+    controller = trainer.controller
+    if not controller.warms_up_itself:
+        trainer.controller = FullController()
     try:
         for _ in range(WARMUP_STEPS):
             trainer.train_step()
@@ -428,11 +473,40 @@ def summarize(runs: dict[str, list[dict]], meta: dict, view: View = View()) -> d
         row["stopped_at_target"] = sum(r["stopped"] == "target" for r in rs)
         row["runs"] = rs
         summary["recipes"][name] = row
+    plain = [r for r in summary["recipes"].values() if r.get("budget")]
+    for row in summary["recipes"].values():
+        for factor, key in (("compute_factor", "flops"), ("time_factor", "wall_s")):
+            needed, extrapolated = plain_needs([(r[key], r["final_val_loss"]) for r in plain], row["final_val_loss"])
+            row[factor] = needed / row[key] if needed is not None and row[key] > 0 else None
+            row[f"{factor}_extrapolated"] = extrapolated
     return summary
+
+
+def plain_needs(points: list[tuple[float, float]], loss: float) -> tuple[float | None, bool]:
+    """The amount (FLOPs, seconds) plain training needs to end at ``loss``, from its budget-fit runs'
+    ``(amount, final loss)``: linear in log amount between neighbouring budgets, extrapolated from
+    the nearest two outside them (then the flag is true). A budget that ends no better than a
+    smaller one does not count (overfitting: the smaller budget is the cheaper way there)."""
+    envelope: list[tuple[float, float]] = []
+    for amount, final in sorted(points):
+        if amount > 0 and math.isfinite(final) and (not envelope or final < envelope[-1][1]):
+            envelope.append((amount, final))
+    if len(envelope) < 2 or not math.isfinite(loss):
+        return None, False
+    pairs = list(zip(envelope, envelope[1:]))
+    inside = next(((a, b) for a, b in pairs if b[1] <= loss <= a[1]), None)
+    (a0, l0), (a1, l1) = inside or (pairs[-1] if loss < envelope[-1][1] else pairs[0])
+    t = (l0 - loss) / (l0 - l1)
+    return math.exp(math.log(a0) + t * (math.log(a1) - math.log(a0))), inside is None
 
 
 def _fmt(v, spec=".2f") -> str:
     return "not reached" if v is None else format(v, spec)
+
+
+def _factor(row: dict, key: str) -> str:
+    value = row.get(key)
+    return "-" if value is None else ("~" if row[f"{key}_extrapolated"] else "") + f"{value:.2f}"
 
 
 def markdown_table(summary: dict, view: View = View()) -> str:
@@ -445,9 +519,12 @@ def markdown_table(summary: dict, view: View = View()) -> str:
               f"{t['100%']:.4f}; each seed of a recipe is held to the same seed of the baseline, within "
               f"{summary['tolerance']:.2%}. "
               "Wall-clock counts training only: the compile warm-up and eval are excluded, a phase "
-              f"controller's own time is included.{stop}"), ""]
+              f"controller's own time is included.{stop}{_factor_note(summary)}"), ""]
     headers = [view.label, "steps", "tokens", "wall s", "eval s", "final val loss", "s to 50%", "s to 75%",
                "s to 100%", "tokens to 100%", "FLOPs to 100%", "time vs baseline", *(h for h, _ in view.columns)]
+    budgeted = any(r.get("budget") and r["budget"] < 1 for r in summary["recipes"].values())
+    if budgeted:
+        headers += ["compute factor", "time factor"]
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for name, r in summary["recipes"].items():
         tt, ratio = r["time_to_target"], r["time_vs_baseline"]
@@ -456,8 +533,19 @@ def markdown_table(summary: dict, view: View = View()) -> str:
                  _fmt(tt["75%"]), _fmt(tt["100%"]), _fmt(r["tokens_to_target"]["100%"], ",.0f"),
                  _fmt(r["flops_to_target"]["100%"], ".3g"), "not reached" if ratio is None else f"{ratio:.2f}x",
                  *(cell(r) for _, cell in view.columns)]
+        if budgeted:
+            cells += [_factor(r, "compute_factor"), _factor(r, "time_factor")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _factor_note(summary: dict) -> str:
+    shares = sorted(r["budget"] for r in summary["recipes"].values() if r.get("budget"))
+    if len(shares) < 2:
+        return ""
+    return (" Compute (time) factor: the FLOPs (seconds) plain training needs to reach the recipe's final val "
+            f"loss, from the baseline's budget-fit runs at {', '.join(f'{f:g}x' for f in shares)} of its steps, "
+            "over the recipe's own; ~: extrapolated beyond those budgets.")
 
 
 AXES = {"wall_s": "wall-clock s (training only)", "tokens": "tokens", "backward_passes": "backward passes"}

@@ -14,11 +14,16 @@ def test_bench_predictive_tiny(tiny_config, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
     assert summary == json.loads((out / "results.json").read_text())
-    assert list(summary["recipes"]) == ["full", "hybrid", "skip"]
+    # the budget-fit controls (--budgets default 0.5,0.75) follow the baseline
+    assert list(summary["recipes"]) == ["full", "full@0.5x", "full@0.75x", "hybrid", "skip"]
+    assert [summary["recipes"][n]["steps"] for n in ("full@0.5x", "full@0.75x")] == [6, 9]
+    for row in summary["recipes"].values():
+        assert row["compute_factor"] is None or row["compute_factor"] > 0
     full, hybrid, skip = (summary["recipes"][c] for c in ("full", "hybrid", "skip"))
     for row in summary["recipes"].values():
         assert {"steps", "backward_passes", "flops", "wall_s", "final_val_loss", "time_to_target"} <= set(row)
-        assert row["steps"] == 12 and len(row["runs"]) == 2
+        assert len(row["runs"]) == 2
+    assert full["steps"] == hybrid["steps"] == skip["steps"] == 12
     assert full["backward_passes"] == 12 and full["optimizer_steps"] == 12
     assert hybrid["backward_passes"] < 12 and hybrid["predict_steps"] > 0 and hybrid["correct_steps"] > 0
     # fewer model FLOPs; the controller's time, converted to FLOPs, is counted on top
@@ -37,6 +42,6 @@ def test_bench_predictive_bad_input(tiny_config):
     result = run_cli("bench", "predictive", tiny_config, "--controllers", "hybrid,magic")
     assert result.returncode == 2
     assert result.stderr.strip() == ("--controllers: unknown phase controller 'magic'; registered: "
-                                     "extrapolate, full, hybrid, nowcast, skip")
+                                     "extrapolate, full, hybrid, nowcast, outer, outer-gated, selective, skip")
     result = run_cli("bench", "predictive", tiny_config, "--controllers", "hybrid,skip")
     assert result.returncode == 2 and "'full' is required" in result.stderr

@@ -2,7 +2,7 @@
 
 One call of :meth:`Trainer.fit` runs, with hooks (``trainframe_*``) in this order::
 
-    fit_start
+    fit_start -> controller.start
     for each step until trainer.max_steps:
         phase = controller.decide(step)          -> phase_change when it differs from the last
         step_start(step, phase)
@@ -30,7 +30,7 @@ AdamW, the CUDA default) and a controller that does not read each step's outcome
 check runs on the device and the loss, grad norm and skip counts are read back once per log step
 (``Trainer.flush``). Between log steps ``step_end`` sees the loss and grad norm as 0-dim device
 tensors; a run of ``max_bad_steps`` NaN steps is noticed at the next log step. Otherwise (other
-optimizers, controllers that override ``observe``) they are read back every step.
+optimizers, controllers whose ``wants_host_values`` is true) they are read back every step.
 
 A batch is ``(inputs, targets)`` or, from a packed dataset, ``(inputs, targets, positions)``;
 ``Trainer.forward`` builds a packed batch's document mask outside torch.compile.
@@ -117,8 +117,9 @@ class Trainer:
         # Host values per step only where something needs them each step (see the module docstring).
         # (Not under FSDP2: its sharded parameters and a plain found_inf flag do not mix in the kernel.)
         self.defer_sync = (skips_on_device(optimizer) and not controller.wants_update_norms
-                           and type(controller).observe is PhaseController.observe and not self.sharded)
+                           and not controller.wants_host_values and not self.sharded)
         self._pending: list[torch.Tensor] = []  # per step: (loss, grad norm, skipped), on the device
+        self._row_losses: list[torch.Tensor] | None = None  # this step's, when the controller wants them
         self._batches: Prefetcher | None = None  # the training batches while fit() runs
         self.stop_signal: int | None = None  # SIGINT or SIGTERM, once one arrived
         self._last_save = time.monotonic()  # of a step checkpoint, for save_every_minutes
@@ -149,7 +150,9 @@ class Trainer:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.hook.trainframe_fit_start(trainer=self)
-            # Started after fit_start and any resume, so it reads ahead from the restored position.
+            self.controller.start(self)
+            # Started after fit_start, any resume and the controller's start, so it reads ahead from
+            # the restored position.
             self._batches = Prefetcher(self.dataset, t.batch_size, depth=2 * t.grad_accum, device=self.device)
             self._window_start = (time.perf_counter(), self.tokens_seen)
             self._last_save = time.monotonic()
@@ -240,13 +243,14 @@ class Trainer:
         batches = [self._to_device(self._next_batch()) for _ in range(t.grad_accum)]
         batches = self.controller.batches_for(phase, batches)
 
+        self._row_losses = [] if self.controller.wants_row_losses else None
         if phase == Phase.FULL:
             loss, grad_norm, update_norms = self._full_step(batches)
         else:
             loss, grad_norm, update_norms = self._forward_only(batches), None, {}
         tokens = sum(int(b[0].numel()) for b in batches) * self.world.size  # every rank's
         self.tokens_seen += tokens
-        outcome = StepOutcome(step, phase, loss, lr, grad_norm, update_norms, batches)
+        outcome = StepOutcome(step, phase, loss, lr, grad_norm, update_norms, batches, self._row_losses or [])
         metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "phase": phase.value}
         metrics.update(self.controller.observe(outcome, self) or {})
         self.step += 1
@@ -271,7 +275,12 @@ class Trainer:
         for i, (batch, n) in enumerate(zip(batches, counts)):
             self.hook.trainframe_batch_ready(trainer=self, batch=batch)
             with self._grad_sync(backward and i == len(batches) - 1):
-                loss = self.forward(*batch)
+                if self._row_losses is None:
+                    loss = self.forward(*batch)
+                else:  # per-token losses from the same pass: the batch's mean and each row's
+                    per_token = self.forward(*batch, reduction="none")
+                    loss = per_token.sum() / n.clamp(min=1)
+                    self._row_losses.append(per_token.detach().sum(1) / (batch[1] != -1).sum(1).clamp(min=1))
             self.hook.trainframe_after_loss(trainer=self, loss=loss)
             weighted = loss.float() * (n / total)
             if backward:
@@ -279,13 +288,17 @@ class Trainer:
             loss_sum += weighted.detach()
         return distributed.mean(loss_sum, self.world)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """The loss of one micro-batch through the (compiled, wrapped) model, under autocast.
-        ``positions``: a packed batch; its document mask is built here, outside torch.compile."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor | None = None,
+                reduction: str = "mean") -> torch.Tensor:
+        """The loss of one micro-batch through the (compiled, wrapped) model, under autocast
+        (``reduction="none"``: per target, (B, T)). ``positions``: a packed batch; its document
+        mask is built here, outside torch.compile."""
         packed = {} if positions is None else {"positions": positions,
                                                "doc_mask": self.model.document_mask(positions)}
         if self.cuda_graphs:  # a new replay: the last one's outputs (loss, gradients) have been used
             torch.compiler.cudagraph_mark_step_begin()
+        if reduction != "mean":
+            packed["reduction"] = reduction
         with self.autocast:
             return self.forward_model(x, y, **packed)
 
@@ -366,8 +379,9 @@ class Trainer:
             self._save_agreed = save_due > 0
 
     @torch.no_grad()
-    def _forward_only(self, batches) -> float:
-        return self._losses(batches, backward=False).item()
+    def _forward_only(self, batches):
+        loss = self._losses(batches, backward=False)
+        return loss if self.defer_sync else loss.item()
 
     def apply_weight_delta(self, deltas, alpha: float = 1.0) -> None:
         """The one way a phase controller changes weights: ``p += alpha * delta`` for each

@@ -9,6 +9,13 @@ trainer (``trainer.optimizer.state`` for moments, ``trainer.optimizer.param_grou
 and their names and lrs), and changes weights only through ``trainer.apply_weight_delta`` so that
 every data-parallel rank applies the same change. The engine fires ``trainframe_phase_change``
 when the phase differs from the previous step's.
+
+What a controller asks of the engine is declared, so the engine keeps its fast path otherwise:
+``wants_host_values`` (each step's loss and grad norm as Python floats: a host sync per step; by
+default, whether ``observe`` is overridden), ``wants_update_norms`` (a weight copy per step),
+``wants_row_losses`` (each row's mean loss, from the same forward pass). ``start`` runs once
+when ``fit`` starts, before the first batch is read ahead (after a resume has loaded the state):
+the place to draw batches of its own from ``trainer.dataset``.
 """
 
 from __future__ import annotations
@@ -36,12 +43,28 @@ class StepOutcome:
     # when the controller sets ``wants_update_norms``: it costs a copy of the weights per step.
     update_norms: dict[str, float] = field(default_factory=dict)
     batches: list = field(default_factory=list)  # the step's micro-batches, on the device
+    # Per micro-batch, each row's mean loss over its counted targets, (B,) on the device, filled
+    # when the controller sets ``wants_row_losses``.
+    row_losses: list = field(default_factory=list)
 
 
 class PhaseController:
     """Base class and protocol. Subclasses override what they need."""
 
     wants_update_norms = False
+    wants_row_losses = False
+    # ``bench target`` warms compile up with this controller (its batch shapes, its forward calls)
+    # and then restores its state_dict; False: with a plain full-step controller instead.
+    warms_up_itself = False
+
+    @property
+    def wants_host_values(self) -> bool:
+        """Whether ``observe`` reads ``outcome.loss``/``grad_norm`` as floats every step. If not, the
+        engine hands them over as 0-dim device tensors and reads them back at log steps only."""
+        return type(self).observe is not PhaseController.observe
+
+    def start(self, trainer) -> None:
+        """Once per ``fit``, before any step (and after a resume loaded the state)."""
 
     def decide(self, step: int) -> tuple[Phase, str]:
         """The phase of ``step`` and a short reason (logged when the phase changes)."""
