@@ -1,9 +1,11 @@
 """``trainframe bench predictive``: does skipping backward passes pay, in wall-clock?
 
 ``bench target`` (``trainframe.bench_target``: its clock, targets and outputs) with one recipe per
-phase controller, ``full`` first: it is the baseline whose val losses are the targets. Only
-``phases`` differs between recipes; the controllers run with ``time_overhead`` on, so their own
-time is measured (it is inside the wall-clock either way) and also reported apart.
+phase controller, ``full`` first: it is the baseline whose val losses are the targets, and it runs
+again at the ``--budgets`` shares of its steps (schedules fit to each) so that every controller gets
+a compute factor against plain training at a budget fit to it. Only ``phases`` differs between
+recipes (``--recipe`` adds any other); the controllers run with ``time_overhead`` on where they have
+it, so their own time is measured (it is inside the wall-clock either way) and also reported apart.
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ import json
 import time
 from pathlib import Path
 
-from trainframe.bench_target import Recipe, View, budget_argument, parse_budgets, parse_recipe, run
+from trainframe.bench_target import (
+    TOLERANCE,
+    Recipe,
+    View,
+    budget_argument,
+    parse_budgets,
+    parse_recipe,
+    run,
+    summarize_again,
+)
 from trainframe.config import apply_overrides, load_raw
 from trainframe.errors import UserError
 
@@ -28,7 +39,7 @@ VIEW = View(label="controller", x2="backward_passes",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML run config: model, data and budget (trainer.max_steps)")
+    p.add_argument("config", nargs="?", help="YAML run config: model, data and budget (trainer.max_steps)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every run")
     p.add_argument("--seeds", type=int, default=3, help="runs per controller (seeds seed, seed+1, ...)")
     p.add_argument("--controllers", default="full,hybrid,skip,extrapolate",
@@ -38,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(e.g. \"outer-k16 'phases={name: outer, every: 16}'\"); repeat for more")
     budget_argument(p, default="0.5,0.75")
     p.add_argument("--eval-every", type=int, default=None, help="steps between val evals (default max_steps/20)")
+    p.add_argument("--summarize", type=Path, nargs="+", metavar="DIR",
+                   help="train nothing: merge and summarize the results.json of earlier benches (run side by "
+                        "side on one config), the first DIR's first recipe the baseline; written to --out "
+                        "(default the first DIR)")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for results.json, results.md, curves.png (default runs/bench-predictive-TIME)")
@@ -46,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from trainframe.plugins import current
 
+    if args.summarize:
+        return summarize_again(args.summarize, TOLERANCE, args.json, VIEW, out=args.out)
+    if args.config is None:
+        raise UserError("bench predictive: expected CONFIG (or --summarize DIR)")
     plugins = current()
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
     known = plugins.registry.names("phases")

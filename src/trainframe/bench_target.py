@@ -113,9 +113,11 @@ def target_args(p: argparse.ArgumentParser) -> None:
                         "reaches the 100%% target (the baseline's final val loss)")
     p.add_argument("--tolerance", type=float, default=TOLERANCE,
                    help=f"a run reaches a target within this share of it (default {TOLERANCE}: 0.1%%)")
-    p.add_argument("--summarize", type=Path, metavar="DIR",
+    p.add_argument("--summarize", type=Path, nargs="+", metavar="DIR",
                    help="train nothing: summarize DIR/results.json of an earlier bench again (with this "
-                        "--tolerance) and rewrite its table and plot; CONFIG is then not needed")
+                        "--tolerance) and rewrite its table and plot; CONFIG is then not needed. Several DIRs "
+                        "(benches of one config run side by side) are merged into one summary, the first DIR's "
+                        "first recipe the baseline, written to --out (default the first DIR)")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for results.json, results.md, curves.png (default runs/bench-target-TIME)")
@@ -145,7 +147,7 @@ def target_main(args: argparse.Namespace) -> int:
     if not 0 <= args.tolerance < 1:
         raise UserError(f"--tolerance: expected a share of the loss in [0, 1), got {args.tolerance}")
     if args.summarize:
-        return summarize_again(args.summarize, args.tolerance, args.json)
+        return summarize_again(args.summarize, args.tolerance, args.json, out=args.out)
     if args.config is None:
         raise UserError("bench target: expected CONFIG (or --summarize DIR)")
     recipes = read_recipes(args.recipes, args.config) if args.recipes else []
@@ -156,20 +158,31 @@ def target_main(args: argparse.Namespace) -> int:
                tolerance=args.tolerance, budgets=parse_budgets(args.budgets))
 
 
-def summarize_again(out: Path, tolerance: float, as_json: bool, view: View = View()) -> int:
-    """The summary, table and plot of the runs in ``out/results.json``, made anew."""
-    try:
-        old = json.loads((out / "results.json").read_text())
-        runs = {name: row["runs"] for name, row in old["recipes"].items()}
-        meta = {key: old[key] for key in ("config", "eval_every", "stop_at_target", "torch")}
-        meta["recipes"] = {name: {k: row.get(k) for k in ("config", "overrides", "max_steps", "budget")}
-                           for name, row in old["recipes"].items()}
-    except OSError as e:
-        raise UserError(f"--summarize: {out / 'results.json'}: cannot read: {e.strerror}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"--summarize: {out / 'results.json'}: not the results of a bench ({e!r})") from None
+def summarize_again(dirs: list[Path], tolerance: float, as_json: bool, view: View = View(),
+                    out: Path | None = None) -> int:
+    """The summary, table and plot of the runs in each ``DIR/results.json``, made anew; a recipe
+    found in several keeps the first one's runs."""
+    runs, meta = {}, None
+    for path in dirs:
+        where = path / "results.json"
+        try:
+            old = json.loads(where.read_text())
+            if meta is None:
+                meta = {key: old[key] for key in ("config", "eval_every", "stop_at_target", "torch")}
+                meta["recipes"] = {}
+            for name, row in old["recipes"].items():
+                if name not in runs:
+                    runs[name] = row["runs"]
+                    meta["recipes"][name] = {k: row.get(k) for k in ("config", "overrides", "max_steps", "budget")}
+        except OSError as e:
+            raise UserError(f"--summarize: {where}: cannot read: {e.strerror}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"--summarize: {where}: not the results of a bench ({e!r})") from None
     summary = summarize(runs, {**meta, "tolerance": tolerance}, view)
     table = markdown_table(summary, view)
+    out = out or dirs[0]
+    with writing(out, "the bench results"):
+        out.mkdir(parents=True, exist_ok=True)
     _write(summary, table, out, view)
     print(json.dumps(summary, indent=2) if as_json else table)
     return 0

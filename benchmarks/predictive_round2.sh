@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Predictive training, round 2 (docs/results-predictive.md), on one GPU: plain training at budgets
+# fit to 0.5x / 0.75x / 1x of 2,000 steps against outer Nesterov (plain and gated), stale-loss
+# selective backprop and the round-1 controllers, on tct-small (both workflow corpora) and on the
+# text config (Tiny Shakespeare, bytes).
+#
+#   benchmarks/predictive_round2.sh smoke OUT        every new recipe for 100 steps (does it run here?)
+#   benchmarks/predictive_round2.sh grid tct|text OUT 2 seeds: plain at 0.5x/0.75x/1x budgets and at half and
+#                                                     twice its lr; outer K x momentum x outer lr
+#   benchmarks/predictive_round2.sh final tct|text OUT
+#                                                     3 seeds: plain budgets, the grid's best outer setting
+#                                                     (BEST='K MOMENTUM OUTER_LR'), its gated form; tct also
+#                                                     selective backprop against its random control and the
+#                                                     round-1 controls (skip, hybrid), 2 seeds
+#
+# A stage runs several benches side by side (JOBS, default 4) and merges them with
+# `bench predictive --summarize`: FLOPs, and so the compute factor, do not depend on what else
+# runs on the GPU; wall-clock does, so the final stage runs its headline bench alone first.
+# Extra KEY=VALUE arguments go to every run.
+set -euo pipefail
+stage=${1:?usage: predictive_round2.sh smoke|grid|final [tct|text] OUT_DIR [KEY=VALUE ...]}
+if [[ $stage == smoke ]]; then work=tct; else work=${2:?expected tct or text}; shift; fi
+out=${2:?usage: predictive_round2.sh smoke|grid|final [tct|text] OUT_DIR [KEY=VALUE ...]}
+shift 2
+steps=2000
+[[ $stage == smoke ]] && steps=100
+jobs=${JOBS:-4}
+every=$((steps / 20))
+case "$work" in
+  tct) lr=4.0e-4; cfg=(configs/tct-small.yaml trainer.eval_batches=20) ;;
+  text) lr=1.0e-3; cfg=(configs/hybrid-shakespeare.yaml model.dropout=0.2 trainer.eval_batches=16 trainer.cuda_graphs=auto) ;;
+  *) echo "unknown workload '$work': expected tct or text" >&2; exit 2 ;;
+esac
+cfg+=(trainer.max_steps=$steps schedule.warmup_steps=$((steps / 20)) optim.lr=$lr "$@")
+mkdir -p "$out"
+
+bench() {  # bench NAME ARGS... : one bench in the background (at most JOBS at once), logged to OUT/NAME.log
+  local name=$1; shift
+  while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
+  echo "$(date +%T) start $name" >&2
+  trainframe bench predictive "${cfg[@]}" "$@" --eval-every "$every" --out "$out/$name" > "$out/$name.log" 2>&1 &
+}
+
+outer() {  # outer K MOMENTUM OUTER_LR -> a --recipe argument
+  echo "outer-k$1-m$2-lr$3 'phases={name: outer, every: $1, momentum: $2, outer_lr: $3}'"
+}
+
+case "$stage" in
+  smoke)
+    bench smoke --controllers full,selective,skip --seeds 1 --budgets 0.5 --recipe "$(outer 16 0.7 1.0)" \
+      --recipe "outer-gated 'phases={name: outer-gated, every: 16}'" \
+      --recipe "selective-random 'phases={name: selective, select: random}'"
+    wait
+    ;;
+  grid)
+    half=$(python3 -c "print($lr / 2)"); twice=$(python3 -c "print($lr * 2)")
+    bench "$work-plain" --controllers full --seeds 2 --budgets 0.5,0.75 \
+      --recipe "full-lr$half optim.lr=$half" --recipe "full-lr$twice optim.lr=$twice"
+    for k in 16 32 64; do
+      recipes=()
+      for m in 0.5 0.7 0.9; do for olr in 0.7 1.0; do recipes+=(--recipe "$(outer $k $m $olr)"); done; done
+      # each bench's first recipe is its own baseline; the merge keeps the plain bench's runs of it
+      bench "$work-k$k" --controllers full --seeds 2 --budgets "" "${recipes[@]}"
+    done
+    wait
+    trainframe bench predictive --summarize "$out/$work-plain" "$out"/$work-k* --out "$out/$work" > "$out/$work.md"
+    ;;
+  final)
+    best=(${BEST:?set BEST=\'K MOMENTUM OUTER_LR\' from the grid})
+    gated="outer-gated 'phases={name: outer-gated, every: ${best[0]}, momentum: ${best[1]}, outer_lr: ${best[2]}}'"
+    bench "$work-final" --controllers full --seeds 3 --budgets 0.5,0.75 --recipe "$(outer "${best[@]}")" \
+      --recipe "$gated"
+    wait  # alone on the GPU: its wall-clock figures are the headline
+    dirs=("$out/$work-final")
+    if [[ $work == tct ]]; then  # multi-epoch data: selective backprop and its control at equal FLOPs
+      bench "$work-selective" --controllers full,selective --seeds 3 --budgets "" \
+        --recipe "selective-random 'phases={name: selective, select: random}'"
+      bench "$work-controls" --controllers full,skip,hybrid --seeds 2 --budgets ""
+      dirs+=("$out/$work-selective" "$out/$work-controls")
+    fi
+    wait
+    trainframe bench predictive --summarize "${dirs[@]}" --out "$out/$work" > "$out/$work.md"
+    ;;
+  *) echo "unknown stage '$stage': expected smoke, grid or final" >&2; exit 2 ;;
+esac
