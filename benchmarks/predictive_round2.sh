@@ -8,14 +8,15 @@
 #   benchmarks/predictive_round2.sh grid tct|text OUT 2 seeds: plain at 0.5x/0.75x/1x budgets and at half and
 #                                                     twice its lr; outer K x momentum x outer lr
 #   benchmarks/predictive_round2.sh final tct|text OUT
-#                                                     3 seeds: plain budgets, the grid's best outer setting
-#                                                     (BEST='K MOMENTUM OUTER_LR'), its gated form; tct also
-#                                                     selective backprop against its random control and the
-#                                                     round-1 controls (skip, hybrid), 2 seeds
+#                                                     SEEDS (3) seeds: plain budgets, the grid's best outer
+#                                                     setting (BEST='K MOMENTUM OUTER_LR'), its gated form;
+#                                                     then skip and plain at twice the lr, and on tct
+#                                                     selective backprop and its random control (2 seeds)
+# LR sets the inner lr (default: tct 4e-4, text 1e-3).
 #
 # A stage runs several benches side by side (JOBS, default 4) and merges them with
 # `bench predictive --summarize`: FLOPs, and so the compute factor, do not depend on what else
-# runs on the GPU; wall-clock does, so the final stage runs its headline bench alone first.
+# runs on the GPU; wall-clock does, so the final stage runs one bench at a time.
 # Extra KEY=VALUE arguments go to every run.
 set -euo pipefail
 stage=${1:?usage: predictive_round2.sh smoke|grid|final [tct|text] OUT_DIR [KEY=VALUE ...]}
@@ -27,8 +28,8 @@ steps=2000
 jobs=${JOBS:-4}
 every=$((steps / 20))
 case "$work" in
-  tct) lr=4.0e-4; cfg=(configs/tct-small.yaml trainer.eval_batches=20) ;;
-  text) lr=1.0e-3; cfg=(configs/hybrid-shakespeare.yaml model.dropout=0.2 trainer.eval_batches=16 trainer.cuda_graphs=auto) ;;
+  tct) lr=${LR:-4.0e-4}; cfg=(configs/tct-small.yaml trainer.eval_batches=20) ;;
+  text) lr=${LR:-1.0e-3}; cfg=(configs/hybrid-shakespeare.yaml model.dropout=0.2 trainer.eval_batches=16 trainer.cuda_graphs=auto) ;;
   *) echo "unknown workload '$work': expected tct or text" >&2; exit 2 ;;
 esac
 cfg+=(trainer.max_steps=$steps schedule.warmup_steps=$((steps / 20)) optim.lr=$lr "$@")
@@ -68,18 +69,19 @@ case "$stage" in
   final)
     best=(${BEST:?set BEST=\'K MOMENTUM OUTER_LR\' from the grid})
     gated="outer-gated 'phases={name: outer-gated, every: ${best[0]}, momentum: ${best[1]}, outer_lr: ${best[2]}}'"
-    bench "$work-final" --controllers full --seeds 3 --budgets 0.5,0.75 --recipe "$(outer "${best[@]}")" \
-      --recipe "$gated"
-    wait  # alone on the GPU: its wall-clock figures are the headline
-    dirs=("$out/$work-final")
+    jobs=1  # one bench at a time: these wall-clock figures are the headline
+    bench "$work-final" --controllers full --seeds "${SEEDS:-3}" --budgets 0.5,0.75 \
+      --recipe "$(outer "${best[@]}")" --recipe "$gated"
+    twice=$(python3 -c "print($lr * 2)")
+    more=(--recipe "full-lr$twice optim.lr=$twice")
     if [[ $work == tct ]]; then  # multi-epoch data: selective backprop and its control at equal FLOPs
-      bench "$work-selective" --controllers full,selective --seeds 3 --budgets "" \
-        --recipe "selective-random 'phases={name: selective, select: random}'"
-      bench "$work-controls" --controllers full,skip,hybrid --seeds 2 --budgets ""
-      dirs+=("$out/$work-selective" "$out/$work-controls")
+      more+=(--recipe "selective-random 'phases={name: selective, select: random}'")
+      bench "$work-more" --controllers full,selective,skip --seeds 2 --budgets "" "${more[@]}"
+    else
+      bench "$work-more" --controllers full,skip --seeds 1 --budgets "" "${more[@]}"
     fi
     wait
-    trainframe bench predictive --summarize "${dirs[@]}" --out "$out/$work" > "$out/$work.md"
+    trainframe bench predictive --summarize "$out/$work-final" "$out/$work-more" --out "$out/$work" > "$out/$work.md"
     ;;
   *) echo "unknown stage '$stage': expected smoke, grid or final" >&2; exit 2 ;;
 esac
