@@ -8,6 +8,7 @@ from trainframe.data.datasets import TextFileConfig, TokensConfig, build_textfil
 from trainframe.data.tokenizer import ByteTokenizerConfig, build_byte_tokenizer
 from trainframe.logging import (ConsoleConfig, JsonlConfig, TensorboardConfig, build_console, build_jsonl,
                                 build_tensorboard)
+from trainframe.logging.trackers import MlflowConfig, WandbConfig, build_mlflow, build_wandb
 from trainframe.model import ModelConfig, build_model
 from trainframe.optim.adamw import AdamWConfig, build_adamw
 from trainframe.optim.muon import MuonConfig, build_muon
@@ -33,4 +34,6 @@ def trainframe_register(registry):
     registry.add("logger", "jsonl", build_jsonl, JsonlConfig, help="metrics.jsonl in the run dir")
     registry.add("logger", "tensorboard", build_tensorboard, TensorboardConfig, help="tensorboard under tb/")
     registry.add("logger", "console", build_console, ConsoleConfig, help="progress bar or plain lines")
+    registry.add("logger", "wandb", build_wandb, WandbConfig, help="Weights & Biases run (extra: trainframe[wandb])")
+    registry.add("logger", "mlflow", build_mlflow, MlflowConfig, help="MLflow run (extra: trainframe[mlflow])")
     register_commands(registry)
