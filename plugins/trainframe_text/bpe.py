@@ -41,6 +41,7 @@ class BpeTokenizer:
             raise ValueError(f"{path}: lacks the special tokens {', '.join(SPECIALS)}")
         self.bos_id, self.eos_id, self.pad_id = ids
         self._fingerprint = "bpe-" + hashlib.sha256(data).hexdigest()[:16]
+        self._json = data.decode("utf-8")
         self._split = _own_splitter(json.loads(data))
         self._piece_ids: dict[str, list[int]] = {}
 
@@ -70,6 +71,11 @@ class BpeTokenizer:
     def fingerprint(self) -> str:
         """A hash of tokenizer.json: shards prepared with another tokenizer are never reused."""
         return self._fingerprint
+
+    def hf_tokenizer(self) -> tuple[str, dict[str, str]]:
+        """(tokenizer.json text, special token names) for ``trainframe export --format hf``: the
+        file itself, which ``tokenizers`` and ``transformers`` read as they are."""
+        return self._json, {"bos_token": SPECIALS[0], "eos_token": SPECIALS[1], "pad_token": SPECIALS[2]}
 
 
 def _own_splitter(data: dict):

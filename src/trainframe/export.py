@@ -48,11 +48,16 @@ def is_export(path: Path) -> bool:
 
 
 def _read_manifest(path: Path) -> dict | None:
-    try:
-        data = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+    """The manifest: config.json of a trainframe-layout export, trainframe.json of a transformers
+    one (``--format hf``: config.json is transformers' there)."""
+    for name in ("config.json", "trainframe.json"):
+        try:
+            data = json.loads((Path(path) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("format") == FORMAT:
+            return data
+    return None
 
 
 def _mb(n: int) -> str:
@@ -197,6 +202,7 @@ def export_run(run_dir: Path, which: str, out: Path, *, force: bool = False, dty
         model_cfg = getattr(model, "config", None)
         fields = (model_cfg.model_dump(mode="json") if hasattr(model_cfg, "model_dump")
                   else {k: v for k, v in cfg.model.items() if k != "name"})
+        fields = without_init_from(fields)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "architecture": cfg.model["name"], "preset": fields.get("preset"), "model": fields,
@@ -212,7 +218,7 @@ def export_run(run_dir: Path, which: str, out: Path, *, force: bool = False, dty
             manifest["ternary"] = sizes
         manifest["bf16_bytes"] = 2 * manifest["parameters"]
         manifest["files"] = files
-        run_config = cfg.to_dict()
+        run_config = export_run_config(cfg, fields)
         run_config["tokenizer"], manifest["tokenizer_files"] = _export_tokenizer(tokenizer, run_config["tokenizer"], tmp)
         manifest["tokenizer"] = run_config["tokenizer"]
         (tmp / "run_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
@@ -223,6 +229,21 @@ def export_run(run_dir: Path, which: str, out: Path, *, force: bool = False, dty
             if f.is_file():
                 f.chmod(mode)
     return manifest
+
+
+def without_init_from(fields: dict) -> dict:
+    """Model fields without ``init_from``: an export holds its weights, so it never reads the
+    checkpoint a run started from (which may be gone)."""
+    return {**fields, "init_from": None} if fields.get("init_from") else fields
+
+
+def export_run_config(cfg, fields: dict) -> dict:
+    """The run's config for run_config.yaml, its model section the resolved one when the run
+    started from ``init_from`` (whose shape came from that checkpoint's config.json)."""
+    run_config = cfg.to_dict()
+    if (run_config.get("model") or {}).get("init_from"):
+        run_config["model"] = {"name": cfg.model["name"], **fields}
+    return run_config
 
 
 def _umask() -> int:
@@ -257,7 +278,14 @@ def load_export(path: Path, device: str = "cpu", packed: bool = False):
                                   vocab_size=tokenizer.vocab_size())
     except ValueError as e:
         raise UserError(f"{path}/config.json: model: {e}") from None
-    if packed:
+    if manifest.get("layout") == "hf":  # transformers' names (trainframe export --format hf)
+        from trainframe.model.hf import load_hf_weights
+
+        if packed:
+            raise UserError(f"--packed: {path} is a transformers export; packed ternary weights are only in "
+                            "exports of BitLinear models in the trainframe layout")
+        load_hf_weights(model, path, _read_safetensors(path / WEIGHTS)[0], where=str(path / WEIGHTS))
+    elif packed:
         _load_packed(model, path)
     else:
         _load_weights(model, path / WEIGHTS)
@@ -321,7 +349,14 @@ def export_size_line(manifest: dict) -> str:
 # ------------------------------------------------------------------------------------ command
 def export_args(p) -> None:
     p.add_argument("run_dir", type=Path, help="a run directory")
-    p.add_argument("--out", type=Path, required=True, help="the export directory to write")
+    p.add_argument("--out", type=Path, help="the export directory to write (required unless --push-to-hub)")
+    p.add_argument("--format", choices=["trainframe", "hf"], default="trainframe",
+                   help="trainframe: trainframe's layout (default); hf: a directory transformers loads with "
+                        "AutoModelForCausalLM.from_pretrained (Arcee, Llama or Qwen3 class, docs/export.md)")
+    p.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None,
+                   help="--format hf: also upload the export to this Hugging Face Hub model repository (created "
+                        "if missing; your `hf auth login` token); without --out it is written to a temporary dir")
+    p.add_argument("--private", action="store_true", help="--push-to-hub: create the repository private")
     p.add_argument("--checkpoint", default="latest", help="best, latest or a step number (default: latest)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="dtype of model.safetensors (default float32: the exact trained weights)")
@@ -329,6 +364,14 @@ def export_args(p) -> None:
 
 
 def export_main(args) -> int:
+    if args.push_to_hub and args.format != "hf":
+        raise UserError("--push-to-hub: uploads transformers exports; add --format hf")
+    if args.out is None and not args.push_to_hub:
+        raise UserError("--out: required (the export directory to write), unless --push-to-hub uploads it")
+    if args.format == "hf":
+        from trainframe.hf_export import export_hf_main
+
+        return export_hf_main(args)
     manifest = export_run(args.run_dir, args.checkpoint, args.out, force=args.force, dtype=args.dtype)
     print(f"exported {args.run_dir} ({manifest['checkpoint']['file']}, step {manifest['checkpoint']['step']}) "
           f"to {args.out}")

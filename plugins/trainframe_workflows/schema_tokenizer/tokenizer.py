@@ -59,6 +59,10 @@ class WorkflowText:
     """The text side of a workflow tokenizer, on top of its ``encode_value``/``decode_value``;
     shared with the tct adapter so both read and write workflow files the same way."""
 
+    # Why `trainframe export --format hf` refuses it (a transformers tokenizer maps text through a vocabulary).
+    hf_unsupported = ("it encodes a workflow's parsed structure against the JSON Schema, which no transformers "
+                      "tokenizer (text through a vocabulary) can reproduce")
+
     def parse(self, text: str) -> Any:
         """Workflow text (YAML or JSON) to JSON data, with GitHub's reading of YAML."""
         return load_document(text)

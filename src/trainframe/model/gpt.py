@@ -6,7 +6,8 @@ Architecture (one block, pre-norm):  x += drop(attn(norm(x)));  x += drop(mlp(no
   - attention: bias-free fused q/k/v projection and output projection, optional QK-norm, GQA via
     n_kv_head, causal SDPA; packed rows (``positions``) attend within each document only
     (FlexAttention on CUDA, a dense SDPA mask on the CPU).
-  - MLP: relu^2 ``down(relu(up(x))^2)`` or gated ``down(relu(gate(x))^2 * up(x))``.
+  - MLP: relu^2 ``down(relu(up(x))^2)``, gated ``down(relu(gate(x))^2 * up(x))`` or SwiGLU
+    ``down(silu(gate(x)) * up(x))``.
   - final norm, then lm_head (optionally tied to the token embedding).
 
 Every block linear is built by one factory (``GPT(cfg, linear=...)``) so that swapping them for
@@ -50,7 +51,9 @@ class ModelConfig(ComponentConfig):
     n_layer: int | None = Field(None, gt=0, description="number of transformer blocks")
     n_head: int | None = Field(None, gt=0, description="query heads; d_model / n_head must be even")
     n_kv_head: int | None = Field(None, gt=0, description="key/value heads (GQA); null = n_head")
-    mlp: Literal["relu2", "gated_relu2"] | None = Field(None, description="MLP kind")
+    mlp: Literal["relu2", "gated_relu2", "swiglu"] | None = Field(
+        None, description="MLP kind: relu2, gated_relu2 or swiglu (gated SiLU, as in Llama)"
+    )
     mlp_hidden: int | None = Field(
         None, gt=0, description="MLP hidden width; null = 4*d_model (relu2), 8/3*d_model up to x256 (gated)"
     )
@@ -69,6 +72,14 @@ class ModelConfig(ComponentConfig):
     bitlinear_group_size: int | None = Field(
         None, gt=0, description="input features per BitLinear weight scale; null = one scale per output row"
     )
+    norm_weight: bool | None = Field(
+        None, description="RMSNorms (QK-norm included) get a learned per-channel gain, as in Llama/Qwen3"
+    )
+    norm_eps: float | None = Field(None, gt=0.0, lt=1.0, description="epsilon of every RMSNorm")
+    init_from: str | None = Field(
+        None, description="a Hugging Face Llama/Qwen3/Arcee checkpoint directory: its config sets the shape, "
+                          "its weights the initial weights (docs/models.md)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -86,6 +97,8 @@ class ModelConfig(ComponentConfig):
                     f"unknown model preset '{self.preset}'{hint}; known presets: {', '.join(PRESETS)}"
                 )
             values.update(PRESETS[self.preset])
+        if self.init_from is not None:
+            values.update(self._from_checkpoint())
         for name in self.model_fields_set:
             value = getattr(self, name)
             if value is not None or name in _NULL_MEANINGFUL:
@@ -120,6 +133,21 @@ class ModelConfig(ComponentConfig):
                                      "pick a divisor or null for one scale per output row")
         return values
 
+    def _from_checkpoint(self) -> dict[str, Any]:
+        """The fields ``init_from``'s config.json sets; fields given alongside must agree with them,
+        except those a continued run may change (context, dropout, attention, bitlinear)."""
+        from trainframe.model.hf import INIT_FROM_FREE, fields_from_hf_dir
+
+        if self.preset is not None:
+            raise ValueError("init_from takes the model's shape from the checkpoint; leave preset out")
+        fields = fields_from_hf_dir(self.init_from)
+        for name in sorted(self.model_fields_set):
+            value = getattr(self, name)
+            if name in fields and name not in INIT_FROM_FREE and value is not None and value != fields[name]:
+                raise ValueError(f"{name} is {value!r} but init_from {self.init_from} has {fields[name]!r}; "
+                                 f"leave {name} out")
+        return fields
+
     def resolved(self) -> ModelConfig:
         """A copy with the preset merged in and every derived field filled (vocab_size may stay
         None, meaning the tokenizer's). Resolving a resolved config changes nothing."""
@@ -141,19 +169,29 @@ def default_linear(in_features: int, out_features: int) -> nn.Module:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm without a learnable gain.
+    """RMSNorm, by default without a learnable gain.
 
     Why no weight: the following linear can absorb any per-channel scale, nanochat trains fine
     without it, and it leaves norms with no parameters at all, so the optimizer's "decay only
     2D params" rule has nothing to get wrong and the hybrid dynamics model has fewer tensors.
+    ``dim`` adds a learned gain of that width (``model.norm_weight``: checkpoints imported from
+    Llama/Qwen3, whose norms have one); the optimizer does not decay it (it is 1D).
     """
 
-    def __init__(self, eps: float = 1e-6):
+    def __init__(self, eps: float = 1e-6, dim: int | None = None):
         super().__init__()
         self.eps = eps
+        if dim is None:
+            self.register_parameter("weight", None)
+        else:
+            self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), eps=self.eps)
+        return F.rms_norm(x, (x.size(-1),), self.weight, eps=self.eps)
+
+
+def _norm(cfg: ModelConfig, dim: int) -> RMSNorm:
+    return RMSNorm(cfg.norm_eps, dim if cfg.norm_weight else None)
 
 
 def _rope_tables(context: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,6 +320,8 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head
         self.head_dim = cfg.d_model // cfg.n_head
         self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = _norm(cfg, self.head_dim), _norm(cfg, self.head_dim)
         self.dropout = cfg.dropout
         self.sdpa = cfg.attention == "sdpa"
         # One matrix for q, k and v: one matmul forward and two backward instead of three and six,
@@ -307,8 +347,7 @@ class Attention(nn.Module):
             q, k, v = qkv.split((self.n_head, self.n_kv_head, self.n_kv_head), dim=2)
         if self.qk_norm:
             # Bounds attention logits; stabilises training at high LR and with ternary weights.
-            q = F.rms_norm(q, (self.head_dim,), eps=1e-6)
-            k = F.rms_norm(k, (self.head_dim,), eps=1e-6)
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
 
@@ -344,13 +383,16 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, linear: LinearFactory):
         super().__init__()
-        self.gated = cfg.mlp == "gated_relu2"
+        self.gated = cfg.mlp in ("gated_relu2", "swiglu")
+        self.swiglu = cfg.mlp == "swiglu"
         if self.gated:
             self.gate = linear(cfg.d_model, cfg.mlp_hidden)
         self.up = linear(cfg.d_model, cfg.mlp_hidden)
         self.down = linear(cfg.mlp_hidden, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
         if self.gated:
             return self.down(F.relu(self.gate(x)).square() * self.up(x))
         return self.down(F.relu(self.up(x)).square())
@@ -359,9 +401,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, linear: LinearFactory):
         super().__init__()
-        self.attn_norm = RMSNorm()
+        self.attn_norm = _norm(cfg, cfg.d_model)
         self.attn = Attention(cfg, linear)
-        self.mlp_norm = RMSNorm()
+        self.mlp_norm = _norm(cfg, cfg.d_model)
         self.mlp = MLP(cfg, linear)
         # Identity at p=0: no dropout op for torch.compile to trace and run on every residual add.
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
@@ -389,7 +431,7 @@ class GPT(nn.Module):
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, linear) for _ in range(cfg.n_layer))
-        self.norm_f = RMSNorm()
+        self.norm_f = _norm(cfg, cfg.d_model)
         # The head stays a plain Linear (full precision) even when block linears are swapped.
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -424,12 +466,19 @@ class GPT(nn.Module):
                 nn.init.normal_(lin.weight, mean=0.0, std=std)
             nn.init.normal_(block.attn.o.weight, mean=0.0, std=resid_std)
             nn.init.normal_(block.mlp.down.weight, mean=0.0, std=resid_std)
+        for norm in self.modules():
+            if isinstance(norm, RMSNorm) and norm.weight is not None:
+                nn.init.ones_(norm.weight)
         cos, sin = _rope_tables(
             self.config.context, self.config.d_model // self.config.n_head, self.config.rope_theta,
             device=self.rope_cos.device,
         )
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
+        if self.config.init_from is not None:  # continued training: the checkpoint's weights
+            from trainframe.model.hf import load_hf_weights
+
+            load_hf_weights(self, self.config.init_from)
 
     # ---- forward -------------------------------------------------------------------------- #
 

@@ -21,6 +21,9 @@ DEFAULTS: dict[str, Any] = {
     "attention": "sdpa",
     "bitlinear": False,
     "bitlinear_group_size": 64,  # BitLinear weight scale per 64 input features; null = per output row
+    "norm_weight": False,  # RMSNorm without a gain (a learned one for Llama/Qwen3 imports)
+    "norm_eps": 1e-6,
+    "init_from": None,  # a Hugging Face checkpoint directory to start from
 }
 
 # The workflow model trains on a small corpus, so the whole family keeps the dropout the issue
