@@ -62,7 +62,7 @@ def test_defaults_and_derived_fields():
         ({"n_layer": 2}, "model needs d_model, n_head, context: set them or choose a preset"),
         ({"preset": "tiny", "d_model": 0}, "greater than 0"),
         ({"preset": "tiny", "dropout": 1.0}, "less than 1"),
-        ({"preset": "tiny", "mlp": "swiglu"}, "'relu2' or 'gated_relu2'"),
+        ({"preset": "tiny", "mlp": "geglu"}, "'relu2', 'gated_relu2' or 'swiglu'"),
         ({"preset": "tiny", "rope_theta": -1.0}, "greater than 0"),
         ({"preset": "tiny", "n_layers": 4}, "Extra inputs are not permitted"),
     ],

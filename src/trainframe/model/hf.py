@@ -129,8 +129,9 @@ def fields_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: model_type {model_type!r} is not a family trainframe reads "
                          f"({', '.join(ARCHITECTURES)})")
 
-    def bad(what: str) -> ValueError:
-        return ValueError(f"{where}: {what} has no trainframe equivalent")
+    def bad(what: str) -> ValueError:  # "thing (why)" -> "thing has no trainframe equivalent (why)"
+        thing, _, why = what.partition(" (")
+        return ValueError(f"{where}: {thing} has no trainframe equivalent{f' ({why}' if why else ''}")
 
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise bad("attention_bias/mlp_bias (trainframe's linears have no biases)")
