@@ -123,16 +123,25 @@ def atomic_dir(path: Path, what: str | None = None, size: int | None = None) -> 
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             yield tmp
-            if path.exists():
-                old = path.with_name(f".{path.name}.{os.getpid()}.tmp-old")
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(path)
+            replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """The complete directory ``tmp`` takes the place of ``path`` (beside it): renamed in, an existing
+    ``path`` first moved aside to a hidden temporary name and removed after. A kill in between leaves
+    ``path`` whole (old or new) or absent, plus temporaries matching ``TEMP_GLOB``."""
+    tmp, path = Path(tmp), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.{os.getpid()}.tmp-old")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
 
 
 def write_text_atomic(path: Path, text: str, what: str | None = None) -> None:

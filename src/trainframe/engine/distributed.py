@@ -125,6 +125,9 @@ def barrier(world: World) -> None:
 
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
+        from trainframe.engine import sharded
+
+        sharded.drain()  # a sharded checkpoint still being written needs the process group
         # Free trainers (DDP and its reducer hold the group) while the group exists: left to the
         # interpreter's exit, their teardown aborted a gloo rank in about 1 run of 10.
         gc.collect()

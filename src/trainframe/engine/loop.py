@@ -513,9 +513,16 @@ class Trainer:
         return text
 
     # ------------------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        """The whole run state. Under FSDP2 every rank must call this (it gathers the shards)."""
-        if self.sharded:
+    def state_dict(self, sharded: bool = False) -> dict:
+        """The whole run state. Under FSDP2 every rank must call this (it gathers the shards), unless
+        ``sharded``: then model and optimizer are this rank's shards (DTensors, as
+        torch.distributed.checkpoint writes them) and the rest is this rank's own (no collective)."""
+        if sharded and self.sharded:
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+            model_state = get_model_state_dict(self.model)
+            optim_state = get_optimizer_state_dict(self.model, self.optimizer)
+        elif self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 get_model_state_dict,
@@ -529,7 +536,7 @@ class Trainer:
             model_state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
         rng = ckpt.rng_state()
         extra = {}
-        if self.world.distributed:  # each rank's own streams (dropout masks differ per rank)
+        if self.world.distributed and not sharded:  # each rank's own streams (dropout masks differ per rank)
             # all_gather, not gather: gather_object to rank 0 aborted a gloo rank now and then (1 run in 4).
             rng_ranks = [None] * self.world.size
             torch.distributed.all_gather_object(rng_ranks, rng)
@@ -549,8 +556,12 @@ class Trainer:
         }
 
     def save(self, path: Path | None = None) -> Path:
-        """Write a checkpoint (rank 0): by default the step checkpoint, pruning old ones."""
+        """Write a checkpoint (rank 0): by default the step checkpoint, pruning old ones. Under FSDP2
+        every rank writes its own shard into a checkpoint directory (``engine/sharded.py``), in the
+        background during ``fit`` except for the last save of the fit."""
         self.flush()
+        if self.sharded:
+            return self._save_sharded(path)
         state = self.state_dict()
         self.hook.trainframe_save_checkpoint(trainer=self, state=state)
         ckpt_dir = self.run_dir / "checkpoints"
@@ -564,13 +575,41 @@ class Trainer:
             self._last_save, self._save_agreed = time.monotonic(), False
         return target
 
-    def load_state_dict(self, state: dict) -> None:
+    def _save_sharded(self, path: Path | None) -> Path:
+        from trainframe.engine import sharded
+
+        state = self.state_dict(sharded=True)
+        self.hook.trainframe_save_checkpoint(trainer=self, state=state)
+        shards = {key: state.pop(key) for key in ("model", "optimizer")}
+        ckpt_dir = self.run_dir / "checkpoints"
+        target = ckpt.sharded_path(path) if path else ckpt.step_path(ckpt_dir, self.step, sharded=True)
+        # In the background while training goes on; the fit's last save (and one outside fit) completes here.
+        last = self._batches is None or self.step >= self.max_steps or self.stop_reason is not None
+        if "_dcp_writer" not in self.__dict__:
+            self._dcp_writer = sharded.Writer(self.world)
+        self._dcp_writer.save(shards, {**state, "format": sharded.FORMAT}, target,
+                              keep_last=None if path else self.config.trainer.keep_last, wait=last)
+        distributed.barrier(self.world)
+        if path is None:
+            self._last_save, self._save_agreed = time.monotonic(), False
+        return target
+
+    def load_state_dict(self, state: dict, path: Path | None = None) -> None:
+        """``state``: a checkpoint's; of a sharded one, its metadata, with ``path`` its directory
+        (every rank then reads its own shards from there)."""
         loop = state["loop"]
         saved_world = loop.get("world_size", 1)
         if saved_world != self.world.size:
             raise UserError(f"checkpoint at step {loop['step']} was written by {saved_world} process(es); "
                             f"resume it with the same number (this run has {self.world.size})")
-        if self.sharded:
+        if state.get("format") == "dcp":
+            from trainframe.engine import sharded
+
+            if not self.sharded or path is None:
+                raise UserError(f"checkpoint at step {loop['step']} is sharded (trainer.distributed=fsdp2); resume "
+                                "it with trainer.distributed=fsdp2, or read it with eval or export")
+            sharded.load_into(path, self.model, self.optimizer, loop["step"])
+        elif self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 set_model_state_dict,
@@ -603,9 +642,17 @@ class Trainer:
     def resume(self) -> tuple[Path, int]:
         """Load the newest good checkpoint of this run. Returns (its path, the max_steps it had)."""
         # On the CPU first: RNG states must stay CPU tensors; model and optimizer loads move the rest.
-        path, state = ckpt.load_latest_good(self.run_dir / "checkpoints")
+        loader = None
+        if self.sharded:  # a sharded checkpoint: this rank's metadata now, its shards in load_state_dict
+            from trainframe.engine import sharded
+
+            sharded.drain()  # a save of this process still being written
+
+            def loader(p: Path) -> dict:
+                return sharded.read_meta(p, self.world.rank) if p.is_dir() else ckpt.load(p)
+        path, state = ckpt.load_latest_good(self.run_dir / "checkpoints", loader=loader)
         self._attach_listeners()
-        self.load_state_dict(state)
+        self.load_state_dict(state, path)
         if self.world.is_main:
             truncate_metrics(self.run_dir, self.step)
         return path, state["loop"]["max_steps"]
