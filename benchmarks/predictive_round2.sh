@@ -12,6 +12,10 @@
 #                                                     setting (BEST='K MOMENTUM OUTER_LR'), its gated form;
 #                                                     then skip and plain at twice the lr, and on tct
 #                                                     selective backprop and its random control (2 seeds)
+#   benchmarks/predictive_round2.sh retuned tct|text OUT
+#                                                     SEEDS (2) seeds at the inner lr LR: plain budgets,
+#                                                     plain at twice LR, BEST outer and gated; tct also
+#                                                     selective and its random control
 # LR sets the inner lr (default: tct 4e-4, text 1e-3).
 #
 # A stage runs several benches side by side (JOBS, default 4) and merges them with
@@ -83,5 +87,20 @@ case "$stage" in
     wait
     trainframe bench predictive --summarize "$out/$work-final" "$out/$work-more" --out "$out/$work" > "$out/$work.md"
     ;;
-  *) echo "unknown stage '$stage': expected smoke, grid or final" >&2; exit 2 ;;
+  retuned)  # everything at one inner lr (LR), in one bench: the plain lr there was the best one found
+    best=(${BEST:?set BEST=\'K MOMENTUM OUTER_LR\' from the grid})
+    twice=$(python3 -c "print($lr * 2)")
+    recipes=(--recipe "$(outer "${best[@]}")"
+             --recipe "outer-gated 'phases={name: outer-gated, every: ${best[0]}, momentum: ${best[1]}, outer_lr: ${best[2]}}'"
+             --recipe "full-lr$twice optim.lr=$twice")
+    controllers=full
+    if [[ $work == tct ]]; then
+      controllers=full,selective
+      recipes+=(--recipe "selective-random 'phases={name: selective, select: random}'")
+    fi
+    jobs=1
+    bench "$work-retuned" --controllers $controllers --seeds "${SEEDS:-2}" --budgets 0.5,0.75 "${recipes[@]}"
+    wait
+    ;;
+  *) echo "unknown stage '$stage': expected smoke, grid, final or retuned" >&2; exit 2 ;;
 esac
