@@ -31,6 +31,15 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--packed", action="store_true", help="export directories: use the packed ternary weights")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    g = p.add_argument_group("downstream tasks (lm-evaluation-harness, docs/evals.md; pip install 'trainframe[eval]')")
+    g.add_argument("--tasks", metavar="TASKS",
+                   help="comma-separated lm_eval task names or task YAML files: score the model on them instead of "
+                        "the loss (a run's scores are appended to its metrics.jsonl)")
+    g.add_argument("--include-path", type=Path, action="append", metavar="DIR",
+                   help="a folder of lm_eval task YAML files to index too (repeatable)")
+    g.add_argument("--num-fewshot", type=int, default=None, metavar="N", help="few-shot examples (default: each task's)")
+    g.add_argument("--limit", type=float, default=None, metavar="N",
+                   help="at most N documents per task (a fraction when below 1); for quick checks")
 
 
 def _dataset(cfg, data_cfg, tokenizer, context: int):
@@ -78,6 +87,15 @@ def eval_main(args: argparse.Namespace) -> int:
     from trainframe.commands import load_run
     from trainframe.config import load_config
     from trainframe.plugins import current
+
+    if args.tasks is not None:
+        from trainframe.downstream import downstream_main
+
+        return downstream_main(args)
+    for flag, value in (("--include-path", args.include_path), ("--num-fewshot", args.num_fewshot),
+                        ("--limit", args.limit)):
+        if value is not None:
+            raise UserError(f"{flag}: applies to downstream tasks; add --tasks")
 
     for name in ("batches", "batch_size"):
         value = getattr(args, name)

@@ -107,15 +107,27 @@ def _card(manifest: dict, run_name: str) -> str:
 def export_hf(run_dir: Path, which: str, out: Path, *, force: bool = False, dtype: str = "float32") -> dict:
     """Write the transformers export of ``run_dir``'s checkpoint ``which`` to ``out``; its manifest."""
     from trainframe.commands import load_run
-    from trainframe.export import (DTYPES, FORMAT, FORMAT_VERSION, _check_out, _export_tokenizer, _umask,
-                                   export_run_config, is_export, without_init_from)
+    from trainframe.export import _check_out, is_export
 
     run_dir, out = Path(run_dir), Path(out)
     if is_export(run_dir):
         raise UserError(f"{run_dir}: already an export; export reads a run directory")
     _check_out(out, force)
     cfg, tokenizer, model, ckpt_path, loop = load_run(run_dir, which, "cpu")
-    model_type = check_exportable(cfg, model, tokenizer, run_dir)
+    checkpoint = {"file": ckpt_path.name, "step": loop.get("step"),
+                  "best_val_loss": loop.get("best_val") if loop.get("best_val", float("inf")) < float("inf")
+                  else None}
+    return write_hf(out, cfg, tokenizer, model, checkpoint, run_dir.resolve().name, source=run_dir, dtype=dtype)
+
+
+def write_hf(out: Path, cfg, tokenizer, model, checkpoint: dict, run_name: str, *, source: Path,
+             dtype: str = "float32") -> dict:
+    """The transformers export of a loaded (config, tokenizer, model), written whole into ``out``
+    (``atomic_dir``); ``checkpoint``: file, step, best_val_loss of the weights. Its manifest."""
+    from trainframe.export import DTYPES, FORMAT, FORMAT_VERSION, _export_tokenizer, _umask, export_run_config, \
+        without_init_from
+
+    model_type = check_exportable(cfg, model, tokenizer, source)
     mcfg = model.config
     fields = without_init_from(mcfg.model_dump(mode="json"))
     torch_dtype = DTYPES[dtype]
@@ -128,15 +140,12 @@ def export_hf(run_dir: Path, which: str, out: Path, *, force: bool = False, dtyp
         config = hf_config(mcfg, dtype=dtype, **ids)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(ids, indent=2) + "\n")
+        parameters = sum(p.numel() for p in model.parameters())
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "layout": "hf",
             "hf": {"architecture": ARCHITECTURES[model_type], "model_type": model_type},
             "architecture": cfg.model["name"], "preset": mcfg.preset, "model": fields,
-            "parameters": sum(p.numel() for p in model.parameters()), "dtype": dtype,
-            "checkpoint": {"file": ckpt_path.name, "step": loop.get("step"),
-                           "best_val_loss": loop.get("best_val") if loop.get("best_val", float("inf")) < float("inf")
-                           else None},
-            "bf16_bytes": 2 * sum(p.numel() for p in model.parameters()),
+            "parameters": parameters, "dtype": dtype, "checkpoint": checkpoint, "bf16_bytes": 2 * parameters,
             "files": {HF_WEIGHTS: (tmp / HF_WEIGHTS).stat().st_size},
         }
         run_config = export_run_config(cfg, fields)
@@ -145,7 +154,7 @@ def export_hf(run_dir: Path, which: str, out: Path, *, force: bool = False, dtyp
         manifest["tokenizer"] = run_config["tokenizer"]
         (tmp / "run_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
         (tmp / HF_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        (tmp / "README.md").write_text(_card(manifest, run_dir.resolve().name))
+        (tmp / "README.md").write_text(_card(manifest, run_name))
         mode = 0o666 & ~_umask()
         for f in tmp.rglob("*"):
             if f.is_file():
