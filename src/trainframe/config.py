@@ -50,6 +50,12 @@ class TrainerConfig(BaseModel):
     cuda_graphs: bool | Literal["auto"] = Field(
         False, description="replay forward and backward as CUDA graphs (compile mode reduce-overhead): for small "
         "models bound by kernel launches; one CUDA process, grad_accum 1; auto = where those hold")
+    activation_checkpointing: Literal["none", "blocks"] = Field(
+        "none", description="blocks: recompute each transformer block in the backward pass instead of keeping its "
+        "activations (less memory, about one more forward pass of compute); none = keep them")
+    loss_chunk: int | None = Field(
+        None, gt=0, description="tokens per chunk of the loss: the head's float32 logits are made (and remade in "
+        "backward) one chunk at a time, never for the whole batch; for large vocabularies; null = whole logits (faster)")
     deterministic: bool = Field(False, description="deterministic kernels: bitwise-repeatable CUDA runs, slower")
     distributed: Literal["ddp", "fsdp2"] = Field(
         "ddp", description="data parallelism under torchrun: ddp (replicated weights) or fsdp2 (sharded)")

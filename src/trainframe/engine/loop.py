@@ -108,6 +108,7 @@ class Trainer:
         if device.type == "cuda":  # TF32 for the float32 matmuls that autocast leaves (and fp32 runs)
             torch.backends.cuda.matmul.allow_tf32 = True
         use_compile = t.compile if t.compile is not None else device.type == "cuda"
+        set_training_memory(model, t)  # before compile, which traces what it sets
         self.cuda_graphs = use_cuda_graphs(t, use_compile, device, self.world)
         # DDP or FSDP2 around the model when world.size > 1 (see engine/build.py), else the model
         self.wrapped_model = wrapped_model if wrapped_model is not None else model
@@ -658,6 +659,21 @@ class Trainer:
         return path, state["loop"]["max_steps"]
 
 
+def set_training_memory(model, t) -> None:
+    """``trainer.activation_checkpointing`` and ``trainer.loss_chunk`` reach the model through its
+    ``set_training_memory(activation_checkpointing=, loss_chunk=)`` (the built-in GPT has it); a model
+    plugin without it runs with the defaults only."""
+    if t.activation_checkpointing == "none" and t.loss_chunk is None:
+        if hasattr(model, "set_training_memory"):
+            model.set_training_memory(activation_checkpointing="none", loss_chunk=None)
+        return
+    if not hasattr(model, "set_training_memory"):
+        which = "trainer.activation_checkpointing" if t.activation_checkpointing != "none" else "trainer.loss_chunk"
+        raise UserError(f"{which}: the model ({type(model).__name__}) has no set_training_memory method, so it "
+                        "cannot recompute blocks or chunk its loss; leave the option at its default")
+    model.set_training_memory(activation_checkpointing=t.activation_checkpointing, loss_chunk=t.loss_chunk)
+
+
 def use_cuda_graphs(t, use_compile: bool, device: torch.device, world: World) -> bool:
     """``trainer.cuda_graphs``: ``auto`` replays where replay is correct, ``true`` there or one clear
     error. Correct: the graphs' outputs, gradients included, live in memory that the next replay
@@ -673,6 +689,13 @@ def use_cuda_graphs(t, use_compile: bool, device: torch.device, world: World) ->
                    "trainer.batch_size instead, or set trainer.cuda_graphs=false")
     elif world.distributed:
         problem = "trainer.cuda_graphs runs in one process only; set trainer.cuda_graphs=false under torchrun"
+    elif t.activation_checkpointing != "none" or t.loss_chunk is not None:
+        # Untested together, and CUDA graph trees and checkpointed recomputation have known conflicts
+        # (pytorch/pytorch#154306); the chunked loss runs outside the compiled graphs anyway. Graphs pay
+        # for small models bound by kernel launches, these options for models short of memory.
+        which = "trainer.activation_checkpointing" if t.activation_checkpointing != "none" else "trainer.loss_chunk"
+        problem = (f"trainer.cuda_graphs does not combine with {which} (graphs pay for small models, {which} "
+                   "for large ones short of memory); set trainer.cuda_graphs=false or auto, or leave out " + which)
     else:
         return True
     if t.cuda_graphs == "auto":

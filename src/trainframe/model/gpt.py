@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.utils.checkpoint import checkpoint
 
 from trainframe.config import ComponentConfig
 from trainframe.model.bitlinear import bitlinear_factory
+from trainframe.model.loss import chunked_cross_entropy
 from trainframe.model.presets import DEFAULTS, PRESETS
 
 LinearFactory = Callable[[int, int], nn.Module]
@@ -482,6 +484,22 @@ class GPT(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------- #
 
+    # Training-memory options (trainer.activation_checkpointing, trainer.loss_chunk), set by the
+    # engine through set_training_memory before torch.compile; neither changes the result.
+    activation_checkpointing: Literal["none", "blocks"] = "none"
+    loss_chunk: int | None = None
+
+    def set_training_memory(self, activation_checkpointing: str = "none", loss_chunk: int | None = None) -> None:
+        """``blocks``: each block's activations are recomputed in the backward pass instead of kept
+        (torch.utils.checkpoint, non-reentrant; only where gradients are recorded, so forward-only
+        passes and generation run as usual). ``loss_chunk``: the loss takes this many tokens at a
+        time through the head (``trainframe.model.loss``), never the whole float32 logits."""
+        if activation_checkpointing not in ("none", "blocks"):
+            raise ValueError(f"activation_checkpointing must be 'none' or 'blocks', got {activation_checkpointing!r}")
+        if loss_chunk is not None and loss_chunk < 1:
+            raise ValueError(f"loss_chunk must be a positive number of tokens or None, got {loss_chunk}")
+        self.activation_checkpointing, self.loss_chunk = activation_checkpointing, loss_chunk
+
     def document_mask(self, positions: torch.Tensor):
         """The attention mask of packed rows with these (B, T) positions; built once per batch,
         outside torch.compile, and passed to ``forward`` as ``doc_mask``."""
@@ -501,8 +519,12 @@ class GPT(nn.Module):
             if doc_mask is None:
                 doc_mask = self.document_mask(positions)
         x = self.wte(idx)
+        recompute = self.activation_checkpointing == "blocks" and kv_cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, kv_cache, i, doc_mask)
+            if recompute:  # the RNG state is saved with each block, so dropout masks recompute alike
+                x = checkpoint(block, x, cos, sin, None, i, doc_mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, kv_cache, i, doc_mask)
         if kv_cache is not None:
             kv_cache.pos += T
         return self.norm_f(x)
@@ -529,11 +551,16 @@ class GPT(nn.Module):
         them; ``none`` gives (B, T) with 0 at ignored positions.
         """
         x = self._hidden(idx, kv_cache, positions, doc_mask)
-        logits = self.lm_head(x).float()  # fp32 logits: softmax over 65k classes in bf16 is lossy
-        if targets is None:
-            return logits
-        flat = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
-                               reduction="none" if reduction == "none" else "sum")
+        if targets is not None and self.loss_chunk:  # the same losses, one chunk of tokens' logits at a time
+            flat = chunked_cross_entropy(x, self.lm_head.weight, targets, self.loss_chunk)
+            if reduction != "none":
+                flat = flat.sum()
+        else:
+            logits = self.lm_head(x).float()  # fp32 logits: softmax over 65k classes in bf16 is lossy
+            if targets is None:
+                return logits
+            flat = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                                   reduction="none" if reduction == "none" else "sum")
         if reduction == "none":
             return flat.view(targets.shape)
         if reduction == "sum":
