@@ -5,6 +5,7 @@ import json
 import pytest
 from support import REPO, SHAKESPEARE
 
+from trainframe.bench_target import plain_needs
 from trainframe.cli import main
 
 CONFIG = str(REPO / "configs" / "tiny-cpu.yaml")
@@ -68,6 +69,34 @@ def test_bench_target_recipes_against_the_baseline(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text()) == again
 
 
+def test_budget_controls_compute_factor_and_merging(tmp_path, capsys):
+    a = _bench(capsys, tmp_path / "a", "--recipe", "base", "--budgets", "0.5", "--seeds", "1", "--eval-every", "5")
+    assert list(a["recipes"]) == ["base", "base@0.5x"]
+    short = a["recipes"]["base@0.5x"]
+    assert short["steps"] == 10 and short["budget"] == 0.5 and a["recipes"]["base"]["budget"] == 1.0
+    assert short["compute_factor"] == pytest.approx(1.0) and short["compute_factor_extrapolated"] is False
+    # a second bench of the same config, run apart, merged into the first's summary
+    _bench(capsys, tmp_path / "b", "--recipe", "fast optim.lr=6e-3", "--seeds", "1", "--eval-every", "5")
+    assert main(["bench", "target", "--summarize", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                 str(tmp_path / "ab"), "--json"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert list(merged["recipes"]) == ["base", "base@0.5x", "fast"]
+    fast = merged["recipes"]["fast"]
+    points = [(merged["recipes"][n]["flops"], merged["recipes"][n]["final_val_loss"]) for n in ("base", "base@0.5x")]
+    needed, extrapolated = plain_needs(points, fast["final_val_loss"])
+    assert fast["compute_factor"] == pytest.approx(needed / fast["flops"])
+    assert "compute factor" in (tmp_path / "ab" / "results.md").read_text()
+
+
+def test_plain_needs_interpolates_in_log_amount():
+    points = [(100.0, 3.0), (200.0, 2.0), (400.0, 1.5)]
+    assert plain_needs(points, 2.0) == (pytest.approx(200.0), False)
+    assert plain_needs(points, 2.5)[0] == pytest.approx(100 * 2 ** 0.5)  # halfway in log amount
+    assert plain_needs(points, 1.0) == (pytest.approx(800.0), True)  # beyond the largest budget
+    # a longer budget that ends worse (overfitting) is not on the curve
+    assert plain_needs([(100.0, 2.0), (200.0, 2.5)], 2.0) == (None, False)
+
+
 def test_warm_up_changes_no_result(tmp_path, capsys):
     """The config alone is the one recipe; its val loss equals a plain `trainframe train` run's."""
     summary = _bench(capsys, tmp_path / "bench", "--seeds", "1")
@@ -100,6 +129,8 @@ def test_stop_at_target_from_a_recipes_file(tmp_path, capsys):
     (["--recipe", "base", "--recipe", "base optim.lr=1e-3"], "recipe 'base' is named twice; recipe names must differ"),
     (["--recipe", "optim.lr=1e-3"], "--recipe 'optim.lr=1e-3': expected a name first, then KEY=VALUE overrides"),
     (["--seeds", "0"], "--seeds: expected a positive integer, got 0"),
+    (["--budgets", "0.5,1.5"], "--budgets: expected shares in (0, 1), got 1.5"),
+    (["--budgets", "half"], "--budgets: expected shares of the baseline's steps like 0.5,0.75, got 'half'"),
     (["--recipes", "missing.yaml"], "--recipes: missing.yaml: cannot read: No such file or directory"),
 ])
 def test_bench_target_bad_input(tmp_path, capsys, args, message):
