@@ -258,7 +258,7 @@ CASES = [
     Case("eval json on a workflow run", "eval $WRUN --batches 1 --json", {}, 0, "data: ", line=None, stdout=JSON),
 
     # ------------------------------------------------------------------------------------ export
-    Case("export needs --out", "export $RUN", {}, 2, "the following arguments are required: --out"),
+    Case("export needs --out", "export $RUN", {}, 2, "--out: required (the export directory to write), unless --push-to-hub uploads it"),
     Case("export not a run", "export nowhere --out e", {}, 2, "nowhere: not a run directory"),
     Case("export an export", "export $EXPORT --out e", {}, 2, "already an export; export reads a run directory"),
     Case("export dtype", "export $RUN --out e --dtype int8", {}, 2, "argument --dtype: invalid choice: 'int8'"),
