@@ -41,30 +41,35 @@ PROBE_SCALES = (1.0, 0.5, 0.0)  # fractions of the predicted move that CORRECT e
 class HybridConfig(ComponentConfig):
     warmup_steps: int = Field(200, ge=0, description="full steps before anything is predicted")
     full_steps: int = Field(30, gt=0, description="full steps per FULL phase")
-    min_predict_steps: int = Field(5, gt=0)
-    max_predict_steps: int = Field(50, gt=0)
+    min_predict_steps: int = Field(5, gt=0, description="fewest steps of a PREDICT phase")
+    max_predict_steps: int = Field(50, gt=0, description="most steps of a PREDICT phase (scaled by confidence squared)")
     max_consecutive_predict: int = Field(3, gt=0, description="PREDICT phases in a row (with CORRECT between)")
     correct_steps: int = Field(10, ge=0, description="forward-only steps on held batches after each PREDICT")
-    confidence_threshold: float = Field(0.6, ge=0, le=1)
-    divergence_sigma: float = Field(3.0, gt=0)
+    confidence_threshold: float = Field(0.6, ge=0, le=1, description="confidence needed to enter PREDICT")
+    divergence_sigma: float = Field(3.0, gt=0, description="a predicted step whose loss exceeds the prediction by "
+                                    "this many standard deviations ends PREDICT and takes the move back")
     check_every: int = Field(1, gt=0, description="divergence check every k predicted steps")
-    predictor: Literal["gru", "extrapolate", "skip"] = "gru"
-    direction: Literal["ema", "nowcast"] = "ema"
+    predictor: Literal["gru", "extrapolate", "skip"] = Field(
+        "gru", description="gru: coefficients from the dynamics ensemble; extrapolate: coefficient 1 on the "
+        "direction; skip: forward only with frozen weights")
+    direction: Literal["ema", "nowcast"] = Field(
+        "ema", description="per-group direction of predicted moves: an EMA of updates, or a line fit to "
+        "weight snapshots")
     direction_beta: float = Field(0.9, ge=0, lt=1, description="EMA of updates for the ema direction")
     nowcast_snapshots: int = Field(8, ge=3, description="weight snapshots the nowcast line is fit to")
     group_by: Literal["layer", "optimizer"] = Field("layer", description="parameter groups of the coefficients")
     history: int = Field(20, ge=4, description="recent steps for loss and grad-norm statistics")
-    ensemble: int = Field(3, gt=0)
-    hidden: int = Field(64, gt=0)
+    ensemble: int = Field(3, gt=0, description="members of the dynamics ensemble")
+    hidden: int = Field(64, gt=0, description="GRU state size of each dynamics member")
     bptt: int = Field(16, gt=1, description="truncated-BPTT window of the dynamics model")
     train_every: int = Field(4, gt=0, description="full steps between dynamics-model updates")
-    dynamics_lr: float = Field(3e-3, gt=0)
-    kl_weight: float = Field(0.1, ge=0)
+    dynamics_lr: float = Field(3e-3, gt=0, description="learning rate of the dynamics ensemble")
+    kl_weight: float = Field(0.1, ge=0, description="weight of the balanced KL term between latent prior and posterior")
     coefficient_max: float = Field(3.0, gt=0, description="predicted coefficients are clamped to [0, this]")
-    corrector_k: int = Field(8, gt=0)
+    corrector_k: int = Field(8, gt=0, description="nearest stored residuals the corrector averages")
     corrector_decay: float = Field(0.98, gt=0, le=1, description="per-entry age decay of retrieval weights")
-    correction_clamp: float = Field(0.5, gt=0)
-    seed: int = 0
+    correction_clamp: float = Field(0.5, gt=0, description="the corrector's output is clamped to +-this")
+    seed: int = Field(0, description="seed of the controller's own randomness (ensemble init, latent samples)")
     time_overhead: bool = Field(False, description="wait for the GPU after the controller's work each step so "
                                 "its time is measured (bench predictive turns it on; a stall per step)")
 
@@ -77,16 +82,19 @@ class HybridConfig(ComponentConfig):
 
 
 class ExtrapolateConfig(HybridConfig):
-    predictor: Literal["gru", "extrapolate", "skip"] = "extrapolate"
+    predictor: Literal["gru", "extrapolate", "skip"] = Field(
+        "extrapolate", description=HybridConfig.model_fields["predictor"].description)
 
 
 class SkipConfig(HybridConfig):
-    predictor: Literal["gru", "extrapolate", "skip"] = "skip"
+    predictor: Literal["gru", "extrapolate", "skip"] = Field(
+        "skip", description=HybridConfig.model_fields["predictor"].description)
     correct_steps: int = Field(0, ge=0, description="frozen weights leave nothing to correct")
 
 
 class NowcastConfig(HybridConfig):
-    direction: Literal["ema", "nowcast"] = "nowcast"
+    direction: Literal["ema", "nowcast"] = Field(
+        "nowcast", description=HybridConfig.model_fields["direction"].description)
 
 
 # ------------------------------------------------------------------------------- state machine

@@ -53,13 +53,13 @@ class GatedOuterConfig(OuterConfig):
                                 description="candidate multiples of the outer step (beyond the inner result)")
     verify_batches: int = Field(2, gt=0, description="batches of the verification set (held out of training)")
     explore: int = Field(6, ge=0, description="first block ends try the scales in turn, to seed the ensemble")
-    ensemble: int = Field(3, gt=0)
-    hidden: int = Field(32, gt=0)
+    ensemble: int = Field(3, gt=0, description="members of the dynamics ensemble")
+    hidden: int = Field(32, gt=0, description="GRU state size of each dynamics member")
     bptt: int = Field(8, gt=1, description="truncated-BPTT window over block ends")
-    dynamics_lr: float = Field(3e-3, gt=0)
-    kl_weight: float = Field(0.1, ge=0)
-    corrector_k: int = Field(8, gt=0)
-    seed: int = 0
+    dynamics_lr: float = Field(3e-3, gt=0, description="learning rate of the dynamics ensemble")
+    kl_weight: float = Field(0.1, ge=0, description="weight of the balanced KL term between latent prior and posterior")
+    corrector_k: int = Field(8, gt=0, description="nearest stored residuals the corrector averages")
+    seed: int = Field(0, description="seed of the controller's own randomness (ensemble init, latent samples)")
 
 
 class OuterController(PhaseController):

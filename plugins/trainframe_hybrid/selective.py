@@ -33,7 +33,7 @@ class SelectiveConfig(ComponentConfig):
     select: Literal["stale", "random"] = Field("stale", description="stale: the highest loss at the last "
                                                "visit; random: the control at equal FLOPs")
     table_bits: int = Field(20, ge=8, le=28, description="log2 of the loss table's slots (12 bytes each)")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the row noise: the order of unseen rows, and select: random")
 
 
 class SelectiveController(PhaseController):

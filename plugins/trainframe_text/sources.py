@@ -43,7 +43,7 @@ class SourceConfig(ComponentConfig):
     hf: str | None = Field(None, description="hub dataset id, ORG/NAME")
     config: str | None = Field(None, description="hub dataset config (subset), e.g. sample-10BT")
     data_dir: str | None = Field(None, description="hub dataset folder to read, e.g. data/python")
-    split: str = "train"
+    split: str = Field("train", description="hub dataset split to read")
     files: list[str] | None = Field(None, description="globs of .parquet, .jsonl, .json or .txt files")
     text_field: str | list[str] = Field("text", description="the column with the text; several are joined by a blank line")
     weight: float = Field(1.0, gt=0, description="share of training draws (normalised over the sources)")

@@ -49,14 +49,15 @@ class WorkflowsConfig(ComponentConfig):
     val_ratio: float = Field(0.1, ge=0, lt=1, description="share of repositories held out for validation")
     cache_dir: str | None = Field(None, description="where tokenized corpora go; default ~/.cache/trainframe")
     epoch_offset: bool = Field(False, description="shift window starts by offset_stride each epoch")
-    offset_stride: int = Field(32, ge=1)
+    offset_stride: int = Field(32, ge=1, description="the shift of window starts per epoch, in tokens (epoch_offset)")
     position_token: bool = Field(False, description="lead each window with a token giving its start")
     prefix: Literal[PREFIX_MODES] = Field("all", description="which prefix lengths of a document-start window train")
     prefix_count: int = Field(8, ge=1, description="prefix lengths per window for linear, sample and hybrid")
-    prefix_bias: Literal["short", "uniform"] = "uniform"
+    prefix_bias: Literal["short", "uniform"] = Field(
+        "uniform", description="short draws short prefixes more often (probability ~ 1/length) for sample and hybrid")
     fim_rate: float = Field(0.0, ge=0, le=1, description="share of windows that may get masked gaps")
     geometric_p: float = Field(1.0, gt=0, le=1, description="gaps per FIM window ~ Geometric(p) - 1; 1.0 = none")
-    fim_max_gaps: int = Field(3, ge=1, le=16)
+    fim_max_gaps: int = Field(3, ge=1, le=16, description="at most this many fill-in-the-middle gaps per window")
     workers: int | None = Field(None, ge=1, description="processes that tokenize the corpus the first time; "
                                 "null = every core, at most 32; 1 = this process only")
     pack: bool = Field(False, description="pack several windows into each training row instead of padding "

@@ -26,8 +26,10 @@ class SchemaTokenizerConfig(ComponentConfig):
     # "schema" would shadow a pydantic BaseModel attribute: keep it as the alias users write.
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    schema_name: str = Field("github-workflow", alias="schema")
-    vocab: str | None = None
+    schema_name: str = Field("github-workflow", alias="schema",
+                             description="a built-in schema name (github-workflow) or a JSON Schema file")
+    vocab: str | None = Field(None, description="a vocabulary file from trainframe tokenizer train; "
+                                                "null = the shipped one")
 
 
 def build_schema_tokenizer(cfg: SchemaTokenizerConfig):

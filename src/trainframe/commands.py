@@ -19,6 +19,7 @@ import torch
 from trainframe.bench import throughput_args, throughput_main
 from trainframe.bench_target import target_args, target_main
 from trainframe.config import load_config
+from trainframe.describe import describe_args, describe_main
 from trainframe.engine import checkpoint as ckpt
 from trainframe.engine import rundir
 from trainframe.errors import UserError
@@ -579,6 +580,8 @@ def register_commands(registry) -> None:
                          help="recipes against a baseline: wall-clock, tokens, steps and FLOPs to a target val loss")
     registry.add_command("config show", config_show_main, _config_args, help="print the resolved config")
     registry.add_command("config validate", config_validate_main, _config_args, help="check a config")
+    registry.add_command("config describe", describe_main, describe_args,
+                         help="list config options (key, type, default, description) of every section and component")
     registry.add_command("plugins", plugins_main, help="list plugins, versions and what each registers")
     registry.add_command("generate", generate_main, generate_args, help="sample text from a trained run")
     registry.add_command("plot", plot_main, plot_args, help="plot a run's train and validation loss to a PNG")

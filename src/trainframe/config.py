@@ -38,14 +38,16 @@ class ComponentConfig(BaseModel):
 class TrainerConfig(BaseModel):
     model_config = STRICT
 
-    max_steps: int = Field(1000, gt=0)
+    max_steps: int = Field(1000, gt=0, description="steps to train (every phase counts); raise it on resume "
+                           "to continue a run")
     batch_size: int = Field(8, gt=0, description="sequences per micro-batch")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null disables")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     cpu_threads: int | None = Field(None, gt=0, description="torch threads of a CPU run; null = every core but one, "
                                     "unless OMP_NUM_THREADS / MKL_NUM_THREADS or torch.set_num_threads chose fewer")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU; fp32; bf16")
     compile: bool | None = Field(None, description="torch.compile the model; null = on for CUDA")
     cuda_graphs: bool | Literal["auto"] = Field(
         False, description="replay forward and backward as CUDA graphs (compile mode reduce-overhead): for small "
@@ -63,17 +65,17 @@ class TrainerConfig(BaseModel):
         "fp32", description="dtype gradients travel in between ranks; bf16 halves the traffic, sums are rounded")
     ddp_bucket_mb: float = Field(100.0, gt=0, description="DDP gradient bucket size: one all-reduce per bucket")
     eval_every: int = Field(200, ge=0, description="steps between evals; 0 = only at the end")
-    eval_batches: int = Field(20, gt=0)
-    log_every: int = Field(10, gt=0)
+    eval_batches: int = Field(20, gt=0, description="validation micro-batches per evaluation")
+    log_every: int = Field(10, gt=0, description="steps between metric rows")
     save_every: int = Field(500, ge=0, description="steps between checkpoints; 0 = only at the end")
     save_every_minutes: float | None = Field(
         30.0, gt=0, description="also a checkpoint once this many minutes passed since the last one; null = off")
     keep_last: int = Field(3, gt=0, description="step checkpoints kept (best is kept apart)")
     max_bad_steps: int = Field(5, gt=0, description="consecutive NaN/Inf steps that stop the run")
-    sample_prompt: str = "\n"
+    sample_prompt: str = Field("\n", description="prompt of the sample written at the end")
     sample_tokens: int = Field(200, ge=0, description="tokens sampled at the end; 0 disables")
-    sample_temperature: float = Field(0.8, ge=0)
-    sample_top_k: int | None = Field(50, gt=0)
+    sample_temperature: float = Field(0.8, ge=0, description="temperature of the end sample; 0 = greedy")
+    sample_top_k: int | None = Field(50, gt=0, description="top-k of the end sample; null = no top-k")
 
 
 class RunConfig(BaseModel):
@@ -81,17 +83,19 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(**STRICT, arbitrary_types_allowed=True)
 
-    name: str = "run"
-    seed: int = 1337
-    trainer: TrainerConfig = TrainerConfig()
-    model: dict[str, Any]
-    tokenizer: dict[str, Any]
-    data: dict[str, Any]
-    optim: dict[str, Any] = {"name": "adamw"}
-    schedule: dict[str, Any] = {"name": "constant"}
-    phases: dict[str, Any] = {"name": "full"}
-    loggers: list[dict[str, Any]] = [{"name": "jsonl"}, {"name": "tensorboard"}, {"name": "console"}]
-    callbacks: list[dict[str, Any]] = []
+    name: str = Field("run", description="run directories are runs/<name>-<timestamp>/ unless --run-dir is given")
+    seed: int = Field(1337, description="seed of model init, data order and dropout")
+    trainer: TrainerConfig = Field(TrainerConfig(), description="the training loop: see the trainer section")
+    model: dict[str, Any] = Field(description="the model: name of a registered model and its options")
+    tokenizer: dict[str, Any] = Field(description="the tokenizer: name of a registered tokenizer and its options")
+    data: dict[str, Any] = Field(description="the data: name of a registered dataset and its options")
+    optim: dict[str, Any] = Field({"name": "adamw"}, description="the optimizer and its options")
+    schedule: dict[str, Any] = Field({"name": "constant"}, description="the learning-rate schedule and its options")
+    phases: dict[str, Any] = Field({"name": "full"}, description="the phase controller (which steps run backward)")
+    loggers: list[dict[str, Any]] = Field([{"name": "jsonl"}, {"name": "tensorboard"}, {"name": "console"}],
+                                          description="metric loggers, each a name and its options")
+    callbacks: list[dict[str, Any]] = Field([], description="callbacks: registered plugin objects with hook "
+                                            "implementations")
 
     # Filled by ``resolve``: section -> validated component config (a ComponentConfig instance).
     components: dict[str, Any] = Field(default_factory=dict, exclude=True)

@@ -22,13 +22,13 @@ PACK_HELP = ("attention within each document (split at the tokenizer's EOS) and 
 
 class TokensConfig(ComponentConfig):
     path: str = Field(description="directory with index.json and .bin shards")
-    val_fraction: float = Field(0.05, ge=0, lt=1)
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="tail of each shard held out for validation")
     pack: bool = Field(False, description=PACK_HELP)
 
 
 class TextFileConfig(ComponentConfig):
     path: str | list[str] = Field(description="a text file, a glob, or a list of them")
-    val_fraction: float = Field(0.1, ge=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="tail of each file's token stream held out for validation")
     cache_dir: str | None = Field(None, description="where tokenized shards go; default ~/.cache/trainframe")
     pack: bool = Field(False, description=PACK_HELP)
 

@@ -9,10 +9,11 @@ from trainframe.config import ComponentConfig
 
 
 class AdamWConfig(ComponentConfig):
-    lr: float = Field(3e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
+    lr: float = Field(3e-4, gt=0, description="peak learning rate (the schedule scales it)")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW beta1, beta2")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    weight_decay: float = Field(0.1, ge=0, description="applied to matrices only; norms, biases and "
+                                "embeddings get none")
     fused: bool | None = Field(None, description="fused CUDA kernel; null = on for CUDA")
 
 

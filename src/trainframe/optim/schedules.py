@@ -22,7 +22,7 @@ def _warmup(step: int, warmup: int) -> float:
 
 
 class ConstantConfig(ComponentConfig):
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from 0 to 1")
 
 
 def build_constant(cfg: ConstantConfig, max_steps: int) -> Schedule:
@@ -30,8 +30,8 @@ def build_constant(cfg: ConstantConfig, max_steps: int) -> Schedule:
 
 
 class CosineConfig(ComponentConfig):
-    warmup_steps: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from 0 to 1")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="factor reached at max_steps (a share of optim.lr)")
 
 
 def build_cosine(cfg: CosineConfig, max_steps: int) -> Schedule:
@@ -46,10 +46,11 @@ def build_cosine(cfg: CosineConfig, max_steps: int) -> Schedule:
 
 
 class WSDConfig(ComponentConfig):
-    warmup_fraction: float = Field(0.01, ge=0, lt=1)
-    decay_fraction: float = Field(0.2, gt=0, le=1)
-    decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_fraction: float = Field(0.01, ge=0, lt=1, description="share of max_steps spent in linear warmup")
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="share of max_steps, at the end, spent decaying")
+    decay_shape: Literal["linear", "cosine", "sqrt"] = Field(
+        "linear", description="shape of the decay from 1 to min_lr_ratio")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="factor reached on the last step")
 
     @model_validator(mode="after")
     def _fractions(self):

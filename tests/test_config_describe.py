@@ -1,0 +1,93 @@
+"""`trainframe config describe`: every option of the run config and of registered components."""
+
+import pytest
+
+from trainframe.cli import main
+from trainframe.registry import KINDS
+
+
+def describe(capsys, *args):
+    code = main(["config", "describe", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def row(out, key):
+    """The columns of the option row whose key is ``key``."""
+    for line in out.splitlines():
+        if line.startswith("  ") and line.split()[0] == key:
+            return line
+    raise AssertionError(f"no row for {key!r} in:\n{out}")
+
+
+def test_everything(capsys):
+    code, out, err = describe(capsys)
+    assert code == 0 and err == ""
+    assert out.startswith("run: the top-level keys")
+    assert "\ntrainer: the training loop" in out
+    for kind in ("dataset", "tokenizer", "model", "optimizer", "schedule", "phases", "logger"):
+        assert f"\n{kind} " in out, kind
+    for title in ("optimizer adamw (trainframe)", "schedule wsd (trainframe)", "model gpt (trainframe)",
+                  "phases selective (trainframe_hybrid)", "dataset text (trainframe_text)"):
+        assert title in out
+    assert "trainer.max_steps" not in out  # the trainer has its own block, not repeated under run
+
+
+def test_one_kind(capsys):
+    code, out, _ = describe(capsys, "schedule")
+    assert code == 0
+    titles = [line.split(" (")[0] for line in out.splitlines() if line.startswith("schedule ")]
+    assert titles == ["schedule constant", "schedule cosine", "schedule wsd"]
+    assert "optimizer" not in out
+
+
+def test_section_name_is_an_alias(capsys):
+    assert describe(capsys, "optim")[1] == describe(capsys, "optimizer")[1]
+
+
+def test_one_component(capsys):
+    code, out, _ = describe(capsys, "optimizer", "adamw")
+    assert code == 0
+    assert out.splitlines()[0].startswith("optimizer adamw (trainframe)")
+    assert row(out, "lr").split()[:4] == ["lr", "float,", ">", "0"]
+    assert "0.0003" in row(out, "lr") and "peak learning rate" in row(out, "lr")
+    assert "tuple[float, float]" in row(out, "betas") and "[0.9, 0.95]" in row(out, "betas")
+    assert "bool | null" in row(out, "fused")
+
+
+def test_literal_list_and_nested_types(capsys):
+    _, out, _ = describe(capsys, "phases", "selective")
+    assert "stale | random" in row(out, "select")
+    _, out, _ = describe(capsys, "phases", "outer-gated")
+    assert "list[float]" in row(out, "scales") and "[0.5, 1.0, 1.5]" in row(out, "scales")
+    _, out, _ = describe(capsys, "data", "text")
+    assert "list[mapping]" in row(out, "sources") and "required" in row(out, "sources")
+    assert "line | paragraph | document" in row(out, "sources[].sample_by")
+
+
+def test_trainer_and_run(capsys):
+    _, out, _ = describe(capsys, "trainer")
+    line = row(out, "max_steps")
+    assert "int, > 0" in line and "1000" in line
+    assert "auto | fp32 | bf16" in row(out, "precision")
+    assert '"\\n"' in row(out, "sample_prompt")
+    _, out, _ = describe(capsys, "run")
+    assert "{name: adamw}" in row(out, "optim") and "required" in row(out, "model")
+
+
+def test_every_kind_is_accepted(capsys):
+    for kind in KINDS:
+        assert describe(capsys, kind)[0] == 0, kind
+
+
+@pytest.mark.parametrize("args,line", [
+    (["optimzer"], "unknown config kind 'optimzer' (did you mean 'optimizer'?); expected one of run, trainer, "
+                   "dataset, tokenizer, model, optimizer, schedule, phases, logger, callback"),
+    (["optimizer", "adamx"], "unknown optimizer 'adamx' (did you mean 'adamw'?); registered: adamw, muon"),
+    (["schedule", "cosin"], "unknown schedule 'cosin' (did you mean 'cosine'?); registered: constant, cosine, wsd"),
+    (["trainer", "x"], "config describe trainer: takes no NAME (got 'x'); 'trainer' is a section of the run "
+                       "config, not a kind of component"),
+])
+def test_bad_kind_or_name(capsys, args, line):
+    code, out, err = describe(capsys, *args)
+    assert (code, out, err) == (2, "", line + "\n")
