@@ -1,8 +1,14 @@
 """`trainframe config describe`: every option of the run config and of registered components."""
 
+import re
+
 import pytest
+from support import REPO
 
 from trainframe.cli import main
+from trainframe.config import TrainerConfig
+from trainframe.describe import option_rows
+from trainframe.plugins import load_plugins
 from trainframe.registry import KINDS
 
 
@@ -91,3 +97,37 @@ def test_every_kind_is_accepted(capsys):
 def test_bad_kind_or_name(capsys, args, line):
     code, out, err = describe(capsys, *args)
     assert (code, out, err) == (2, "", line + "\n")
+
+
+# ------------------------------------------------------------------------ docs/configs.md in step
+DOCS = REPO / "docs"
+
+
+def _configs_doc() -> tuple[str, str]:
+    """docs/configs.md, and it together with the doc pages it links to (component details live there)."""
+    main_text = (DOCS / "configs.md").read_text()
+    pages = sorted(set(re.findall(r"\]\(([\w.-]+\.md)", main_text)))
+    return main_text, main_text + "".join((DOCS / p).read_text() for p in pages if (DOCS / p).exists())
+
+
+def test_configs_doc_lists_every_trainer_key():
+    text, _ = _configs_doc()
+    section = text.split("## `trainer`", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \|", section, re.M)
+    assert documented == list(TrainerConfig.model_fields), \
+        "docs/configs.md: the trainer table must list every TrainerConfig key, in order"
+
+
+def test_configs_doc_mentions_every_component_option():
+    main_text, text = _configs_doc()
+    registry = load_plugins().registry
+    missing = []
+    for kind in KINDS:
+        for name in registry.names(kind):
+            if f"`{name}`" not in main_text and f"name: {name}}}" not in main_text:
+                missing.append(f"{kind} {name}")
+            for key, *_ in option_rows(registry.components[kind][name].config):
+                leaf = key.rsplit(".", 1)[-1]
+                if f"`{leaf}`" not in text:
+                    missing.append(f"{kind} {name}: {key}")
+    assert not missing, "not in docs/configs.md (or a page it links to): " + "; ".join(missing)
