@@ -135,7 +135,8 @@ class WandbConfig(ComponentConfig):
     run_name: str | None = Field(None, description="display name of the run; null = the run directory's name")
     tags: list[str] = Field(default_factory=list, description="tags of the run")
     mode: Literal["online", "offline", "disabled"] | None = Field(
-        None, description="online, offline (files only, `wandb sync` later) or disabled; null = WANDB_MODE, else online")
+        None, description="online, offline (files only, `wandb sync` later) or disabled; "
+        "null = WANDB_MODE, else online")
 
 
 class WandbLogger(_Tracker):
@@ -208,7 +209,8 @@ def build_wandb(cfg: WandbConfig, *, run_dir: Path):
 class MlflowConfig(ComponentConfig):
     """Keys of ``loggers: [{name: mlflow, ...}]``."""
 
-    experiment: str | None = Field(None, description="mlflow experiment (made if missing); null = the run config's name")
+    experiment: str | None = Field(
+        None, description="mlflow experiment (made if missing); null = the run config's name")
     run_name: str | None = Field(None, description="name of the mlflow run; null = the run directory's name")
     tags: dict[str, str] = Field(default_factory=dict, description="tags of the run, name: value")
     tracking_uri: str | None = Field(
