@@ -20,6 +20,24 @@ def run_cli(*args, cwd=REPO, env=None, timeout=300):
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def run_main(*args):
+    """``trainframe ARGS`` in this process (``trainframe.cli.main``), its output captured; the result
+    has ``returncode``, ``stdout`` and ``stderr`` like ``run_cli``'s. For tests whose point is not a
+    process boundary: no interpreter start, no plugin discovery from scratch."""
+    import contextlib
+    import io
+
+    from trainframe.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own errors
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(["trainframe", *map(str, args)], code or 0, out.getvalue(), err.getvalue())
+
+
 TINY_YAML = f"""
 name: tiny-test
 seed: 7

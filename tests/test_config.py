@@ -1,7 +1,7 @@
 """Configs: extends, overrides, and the exact one-line message for each kind of mistake."""
 
 import pytest
-from support import SHAKESPEARE, run_cli
+from support import SHAKESPEARE, run_main
 
 from trainframe.config import load_config
 from trainframe.errors import UserError
@@ -158,9 +158,9 @@ def test_resolved_config_round_trips(tmp_path, registry):
 def test_cli_bad_config_exits_2_with_one_line(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text(BASE + "optim: {lr: fast}\n")
-    result = run_cli("config", "validate", path)
+    result = run_main("config", "validate", path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"{path}: optim.lr: expected a number > 0, got 'fast'"
     assert "Traceback" not in result.stderr
-    result = run_cli("config", "show", path, "optim.lr=0.5")
+    result = run_main("config", "show", path, "optim.lr=0.5")
     assert result.returncode == 0 and "lr: 0.5" in result.stdout

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from support import REPO, run_cli
+from support import REPO, run_cli, run_main
 
 from trainframe.cli import main
 from trainframe.config import load_config
@@ -222,22 +222,22 @@ def test_sigint_saves_and_exits_cleanly(tiny_config, tmp_path):
 
 def test_resume_with_longer_wsd_run(tiny_config, tmp_path):
     run = tmp_path / "run"
-    result = run_cli("train", tiny_config, "--run-dir", run, "schedule={name: wsd, decay_fraction: 0.2}",
+    result = run_main("train", tiny_config, "--run-dir", run, "schedule={name: wsd, decay_fraction: 0.2}",
                      "trainer.max_steps=20")
     assert result.returncode == 0, result.stderr
-    result = run_cli("resume", run, "trainer.max_steps=40")
+    result = run_main("resume", run, "trainer.max_steps=40")
     assert result.returncode == 0, result.stderr
     assert "trainer.max_steps changed from 20 to 40" in result.stdout
     lrs = {r["step"]: r["lr"] for r in metrics(run) if "lr" in r}
     assert max(lrs) == 40 and lrs[25] == pytest.approx(3e-3)  # back in the stable phase
     assert "max_steps: 40" in (run / "config.yaml").read_text()
-    again = run_cli("resume", run)
+    again = run_main("resume", run)
     assert again.returncode == 0 and "the run is complete" in again.stdout
 
 
 def test_train_leaves_a_complete_run_dir_and_generates(tiny_config, tmp_path):
     run = tmp_path / "run"
-    result = run_cli("train", tiny_config, "--run-dir", run, "trainer.sample_tokens=20",
+    result = run_main("train", tiny_config, "--run-dir", run, "trainer.sample_tokens=20",
                      "trainer.sample_prompt=ROMEO", "loggers=[{name: jsonl}, {name: tensorboard}, {name: console}]")
     assert result.returncode == 0, result.stderr
     assert "M params" in result.stdout and "step 30/30" in result.stdout
@@ -246,12 +246,12 @@ def test_train_leaves_a_complete_run_dir_and_generates(tiny_config, tmp_path):
     row = metrics(run)[0]
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "phase"} <= row.keys()
     assert any("val_loss" in r and "val_ppl" in r for r in metrics(run))
-    gen = run_cli("generate", run, "--prompt", "To be", "--max-tokens", "15", "--temperature", "0")
+    gen = run_main("generate", run, "--prompt", "To be", "--max-tokens", "15", "--temperature", "0")
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith("To be") and len(gen.stdout) > len("To be")
     assert main(["plot", str(run)]) == 0 and (run / "loss.png").read_bytes().startswith(b"\x89PNG")
     assert main(["plot", str(tmp_path)]) == 2  # not a run directory: one line, exit 2
-    again = run_cli("train", tiny_config, "--run-dir", run)
+    again = run_main("train", tiny_config, "--run-dir", run)
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
@@ -262,7 +262,7 @@ def test_train_leaves_a_complete_run_dir_and_generates(tiny_config, tmp_path):
     (["trainer.cuda_graphs=true"], "trainer.cuda_graphs needs a CUDA device and trainer.compile on (this run: cpu"),
 ])
 def test_cli_bad_input_exits_2(tiny_config, tmp_path, overrides, message):
-    result = run_cli("train", tiny_config, "--run-dir", tmp_path / "run", *overrides)
+    result = run_main("train", tiny_config, "--run-dir", tmp_path / "run", *overrides)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # nothing half-written
@@ -271,18 +271,18 @@ def test_cli_bad_input_exits_2(tiny_config, tmp_path, overrides, message):
 def test_cli_unwritable_run_dir(tiny_config, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = run_cli("train", tiny_config, "--run-dir", blocker / "run")
+    result = run_main("train", tiny_config, "--run-dir", blocker / "run")
     assert result.returncode == 2 and "run directory is not writable" in result.stderr
     assert blocker.read_text() == "not a directory"
 
 
 def test_resume_errors(tmp_path):
-    result = run_cli("resume", tmp_path)
+    result = run_main("resume", tmp_path)
     assert result.returncode == 2 and "not a run directory" in result.stderr
 
 
 def test_plugins_command_lists_builtins():
-    result = run_cli("plugins")
+    result = run_main("plugins")
     assert result.returncode == 0
     assert "trainframe 0.1.0" in result.stdout and "schedule: constant, cosine, wsd" in result.stdout
 
@@ -290,7 +290,7 @@ def test_plugins_command_lists_builtins():
 def test_deterministic_switch_runs_and_changes_nothing_on_cpu(tiny_config, tmp_path):
     plain, det = tmp_path / "plain", tmp_path / "det"
     for run, extra in ((plain, []), (det, ["trainer.deterministic=true"])):
-        result = run_cli("train", tiny_config, "--run-dir", run, "trainer.max_steps=8", *extra)
+        result = run_main("train", tiny_config, "--run-dir", run, "trainer.max_steps=8", *extra)
         assert result.returncode == 0, result.stderr
     assert train_losses(plain) == train_losses(det)
 

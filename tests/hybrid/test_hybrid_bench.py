@@ -2,12 +2,12 @@
 
 import json
 
-from support import run_cli
+from support import run_main
 
 
 def test_bench_predictive_tiny(tiny_config, tmp_path):
     out = tmp_path / "bench"
-    result = run_cli("bench", "predictive", tiny_config, "--seeds", "2", "--controllers",
+    result = run_main("bench", "predictive", tiny_config, "--seeds", "2", "--controllers",
                      "hybrid,full,skip", "--eval-every", "3", "--json", "--out", out, "trainer.max_steps=12", "phases.warmup_steps=4", "phases.full_steps=3",
                      "phases.min_predict_steps=2", "phases.max_predict_steps=4", "phases.correct_steps=3",
                      "phases.confidence_threshold=0.0", "phases.hidden=16")
@@ -39,9 +39,9 @@ def test_bench_predictive_tiny(tiny_config, tmp_path):
 
 
 def test_bench_predictive_bad_input(tiny_config):
-    result = run_cli("bench", "predictive", tiny_config, "--controllers", "hybrid,magic")
+    result = run_main("bench", "predictive", tiny_config, "--controllers", "hybrid,magic")
     assert result.returncode == 2
     assert result.stderr.strip() == ("--controllers: unknown phase controller 'magic'; registered: "
                                      "extrapolate, full, hybrid, nowcast, outer, outer-gated, selective, skip")
-    result = run_cli("bench", "predictive", tiny_config, "--controllers", "hybrid,skip")
+    result = run_main("bench", "predictive", tiny_config, "--controllers", "hybrid,skip")
     assert result.returncode == 2 and "'full' is required" in result.stderr

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from support import SHAKESPEARE, run_cli
+from support import SHAKESPEARE, run_main
 from trainframe_hybrid.controller import HybridConfig, Machine
 from trainframe_hybrid.corrector import ResidualCorrector
 from trainframe_hybrid.dynamics import Dynamics
@@ -105,7 +105,7 @@ def test_defaults_follow_the_plan():
 
 
 def test_invalid_config_is_one_line(config, tmp_path):
-    result = run_cli("config", "validate", config, "phases.min_predict_steps=9")
+    result = run_main("config", "validate", config, "phases.min_predict_steps=9")
     assert result.returncode == 2
     assert "min_predict_steps" in result.stderr and "Traceback" not in result.stderr
 
