@@ -4,27 +4,16 @@ import json
 
 import pytest
 import torch
-from support import TINY_YAML
+from support import train_tiny_run
 
 from trainframe.cli import main
 from trainframe.commands import load_run_model
-from trainframe.config import load_config
-from trainframe.engine.build import build_trainer
 from trainframe.export import export_run, load_export
 from trainframe.plugins import current
 
 
 def train_run(tmp_path, name, *overrides):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(TINY_YAML)
-    plugins = current()
-    cfg = load_config(path, ["trainer.max_steps=12", "trainer.save_every=6", *overrides], plugins.registry)
-    run_dir = tmp_path / name
-    trainer = build_trainer(cfg, plugins, run_dir)
-    trainer.run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    trainer.fit()
-    return run_dir
+    return train_tiny_run(tmp_path, name, *overrides, steps=12, save_every=6)
 
 
 @pytest.fixture(scope="module")

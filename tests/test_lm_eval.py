@@ -7,26 +7,14 @@ import sys
 
 import pytest
 import torch
-from support import SHAKESPEARE, TINY_YAML
+from support import SHAKESPEARE, train_tiny_run
 
 from trainframe.cli import main
 from trainframe.commands import load_run_model
-from trainframe.config import load_config
-from trainframe.engine.build import build_trainer
-from trainframe.plugins import current
 
 
 def train_run(tmp_path, name="run", steps=12):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(TINY_YAML)
-    plugins = current()
-    cfg = load_config(path, [f"trainer.max_steps={steps}", f"trainer.save_every={steps}"], plugins.registry)
-    run_dir = tmp_path / name
-    trainer = build_trainer(cfg, plugins, run_dir)
-    trainer.run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    trainer.fit()
-    return run_dir
+    return train_tiny_run(tmp_path, name, steps=steps)
 
 
 def write_tasks(folder):

@@ -120,7 +120,6 @@ class Trainer:
         self.defer_sync = (skips_on_device(optimizer) and not controller.wants_update_norms
                            and not controller.wants_host_values and not self.sharded)
         self._pending: list[torch.Tensor] = []  # per step: (loss, grad norm, skipped), on the device
-        self._row_losses: list[torch.Tensor] | None = None  # this step's, when the controller wants them
         self._batches: Prefetcher | None = None  # the training batches while fit() runs
         self.stop_signal: int | None = None  # SIGINT or SIGTERM, once one arrived
         self._last_save = time.monotonic()  # of a step checkpoint, for save_every_minutes
@@ -244,14 +243,14 @@ class Trainer:
         batches = [self._to_device(self._next_batch()) for _ in range(t.grad_accum)]
         batches = self.controller.batches_for(phase, batches)
 
-        self._row_losses = [] if self.controller.wants_row_losses else None
+        row_losses = [] if self.controller.wants_row_losses else None  # filled by the forward passes
         if phase == Phase.FULL:
-            loss, grad_norm, update_norms = self._full_step(batches)
+            loss, grad_norm, update_norms = self._full_step(batches, row_losses)
         else:
-            loss, grad_norm, update_norms = self._forward_only(batches), None, {}
+            loss, grad_norm, update_norms = self._forward_only(batches, row_losses), None, {}
         tokens = sum(int(b[0].numel()) for b in batches) * self.world.size  # every rank's
         self.tokens_seen += tokens
-        outcome = StepOutcome(step, phase, loss, lr, grad_norm, update_norms, batches, self._row_losses or [])
+        outcome = StepOutcome(step, phase, loss, lr, grad_norm, update_norms, batches, row_losses or [])
         metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "phase": phase.value}
         metrics.update(self.controller.observe(outcome, self) or {})
         self.step += 1
@@ -266,22 +265,23 @@ class Trainer:
             return self._batches.next_batch()
         return self.dataset.next_batch(self.config.trainer.batch_size)  # train_step outside fit()
 
-    def _losses(self, batches, backward: bool) -> torch.Tensor:
+    def _losses(self, batches, backward: bool, row_losses: list | None = None) -> torch.Tensor:
         """The step's loss over its micro-batches, running backward per micro-batch when asked.
         Each micro-batch is weighted by its share of counted targets, so accumulation equals one
-        big batch even when padding (-1 targets) is uneven."""
+        big batch even when padding (-1 targets) is uneven. ``row_losses``: a list to append each
+        micro-batch's per-row mean losses to (same forward pass, ``reduction="none"``)."""
         counts = [(b[1] != -1).sum() for b in batches]
         total = torch.stack(counts).sum().clamp(min=1)
         loss_sum = torch.zeros((), device=self.device)
         for i, (batch, n) in enumerate(zip(batches, counts)):
             self.hook.trainframe_batch_ready(trainer=self, batch=batch)
             with self._grad_sync(backward and i == len(batches) - 1):
-                if self._row_losses is None:
+                if row_losses is None:
                     loss = self.forward(*batch)
                 else:  # per-token losses from the same pass: the batch's mean and each row's
                     per_token = self.forward(*batch, reduction="none")
                     loss = per_token.sum() / n.clamp(min=1)
-                    self._row_losses.append(per_token.detach().sum(1) / (batch[1] != -1).sum(1).clamp(min=1))
+                    row_losses.append(per_token.detach().sum(1) / (batch[1] != -1).sum(1).clamp(min=1))
             self.hook.trainframe_after_loss(trainer=self, loss=loss)
             weighted = loss.float() * (n / total)
             if backward:
@@ -314,9 +314,9 @@ class Trainer:
             return contextlib.nullcontext()
         return self.wrapped_model.no_sync()
 
-    def _full_step(self, batches) -> tuple[float, float | None, dict]:
+    def _full_step(self, batches, row_losses: list | None = None) -> tuple[float, float | None, dict]:
         t = self.config.trainer
-        loss_sum = self._losses(batches, backward=True)
+        loss_sum = self._losses(batches, backward=True, row_losses=row_losses)
         self.backward_passes += len(batches)
         clip = t.grad_clip if t.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
@@ -380,8 +380,8 @@ class Trainer:
             self._save_agreed = save_due > 0
 
     @torch.no_grad()
-    def _forward_only(self, batches):
-        loss = self._losses(batches, backward=False)
+    def _forward_only(self, batches, row_losses: list | None = None):
+        loss = self._losses(batches, backward=False, row_losses=row_losses)
         return loss if self.defer_sync else loss.item()
 
     def apply_weight_delta(self, deltas, alpha: float = 1.0) -> None:
