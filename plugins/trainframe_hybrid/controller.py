@@ -17,6 +17,12 @@ mean update, no learned model) and ``skip`` (coefficient 0: frozen weights, forw
 direction ``d_g`` is an EMA of the group's optimizer updates (``ema``) or, per parameter, the slope
 of a least-squares line through the last weight snapshots weighted by its R^2 (``nowcast``), so
 parameters that drift steadily are extrapolated and noisy ones are left alone.
+
+``skip`` moves nothing, so it runs lean: no weight copies, no update statistics, and each step's
+loss is read one step late (when the next step is already queued on the device), so the engine
+keeps its deferred host sync and the GPU never waits on the controller. Its phase decisions take
+effect one step later than the moving predictors' (a divergence ends PREDICT after two steps, not
+one).
 """
 
 from __future__ import annotations
@@ -162,6 +168,14 @@ class Machine:
 
 
 # ---------------------------------------------------------------------------------- helpers
+def _on_host(outcome: StepOutcome) -> StepOutcome:
+    """A step's outcome with its loss and grad norm as floats (device tensors when the engine
+    defers its host sync); lean controllers use no batches."""
+    def value(v):
+        return None if v is None else float(v)
+    return StepOutcome(outcome.step, outcome.phase, value(outcome.loss), outcome.lr, value(outcome.grad_norm))
+
+
 def group_key(name: str, by_layer: bool, optimizer_group: str) -> str:
     if not by_layer:
         return optimizer_group
@@ -215,6 +229,8 @@ class HybridController(PhaseController):
         self.best_scale = 1.0
         self.applied_norms: list[float] | None = None  # per-group norms of the move made for the next step
         self.held: list[list] = []
+        self.lean = cfg.predictor == "skip"
+        self.late: StepOutcome | None = None  # lean: the step observed, processed at the next one
 
     # ------------------------------------------------------------------- the protocol
     def decide(self, step: int) -> tuple[Phase, str]:
@@ -232,13 +248,22 @@ class HybridController(PhaseController):
     def wants_update_norms(self) -> bool:
         return False  # the controller measures its own per-group updates (it needs the directions)
 
+    @property
+    def wants_host_values(self) -> bool:
+        return not self.lean  # lean: the step before's loss is read, on the host, one step late
+
     def observe(self, outcome: StepOutcome, trainer) -> dict:
         start = time.perf_counter()
         if not self.ready:
             self._setup(trainer)
-        metrics = self._observe(outcome, trainer)
-        if self.cfg.time_overhead and trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)  # so overhead_s measures the work, not its launch
+        if self.lean:
+            late, self.late = self.late, outcome
+            # Reading the step before's loss waits for it alone; this step's work stays queued.
+            metrics = self._observe(_on_host(late), trainer) if late is not None else {}
+        else:
+            metrics = self._observe(outcome, trainer)
+            if self.cfg.time_overhead and trainer.device.type == "cuda":
+                torch.cuda.synchronize(trainer.device)  # so overhead_s measures the work, not its launch
         self.overhead_s += time.perf_counter() - start
         return metrics
 
@@ -261,8 +286,9 @@ class HybridController(PhaseController):
         n_groups = len(self.group_names)
         self.n_opt_groups = len(trainer.optimizer.param_groups)
         self.n_features = 10 + 2 * self.n_opt_groups + n_groups
-        zeros = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
-        self.prev = [p.detach().float().clone() for p in self.params]  # weights after the last step
+        # lean: nothing moves, so no direction, no copies (empty lists keep the checkpoint's shape)
+        zeros = [] if self.lean else [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        self.prev = [] if self.lean else [p.detach().float().clone() for p in self.params]  # weights after the last step
         self.direction = zeros  # d_g per parameter
         self.moved = [torch.zeros_like(z) for z in zeros]  # total predicted move of the current cycle
         self.last_delta = [torch.zeros_like(z) for z in zeros]
@@ -337,9 +363,10 @@ class HybridController(PhaseController):
         if reason and self.machine.phase == phase:
             # The engine reports changes of the step kind; warmup -> full and full -> full (not
             # confident enough) keep it, so they are reported here.
-            trainer.hook.trainframe_phase_change(trainer=trainer, step=outcome.step + 1, old=was, new=now,
+            trainer.hook.trainframe_phase_change(trainer=trainer, step=trainer.step + 1, old=was, new=now,
                                                  reason=reason)
-        torch._foreach_copy_(self.prev, [p.detach().float() for p in self.params])
+        if not self.lean:
+            torch._foreach_copy_(self.prev, [p.detach().float() for p in self.params])
         metrics["confidence"] = self.confidence
         # A step reports the move its forward pass ran with (made at the end of the step before).
         if self.applied_norms is not None:
@@ -353,6 +380,15 @@ class HybridController(PhaseController):
         """Measure the optimizer's update per group, its projection on the direction (the target
         of the coefficient head), update the direction, hold the batch, read moment summaries."""
         cfg = self.cfg
+        if outcome.grad_norm is not None and math.isfinite(outcome.grad_norm):
+            self.log_grad_norms = (self.log_grad_norms + [math.log(outcome.grad_norm + 1e-12)])[-cfg.history:]
+        if math.isfinite(log_loss):
+            if self.predicted is not None:
+                self.abs_errors = (self.abs_errors + [abs(log_loss - self.predicted)])[-cfg.history:]
+            self.log_losses = (self.log_losses + [log_loss])[-cfg.history:]
+        if self.lean:
+            self.pending_residual = None  # nothing moved: no residual to learn
+            return
         update = torch._foreach_sub([p.detach().float() for p in self.params], self.prev)
         n_groups = len(self.group_names)
         sq = self._group_sum(torch._foreach_norm(update), square=True)
@@ -378,12 +414,6 @@ class HybridController(PhaseController):
             del self.snapshots[:-cfg.nowcast_snapshots]
         self.held.append([tuple(t.detach() for t in batch) for batch in outcome.batches])
         del self.held[:-max(1, math.ceil(cfg.correct_steps / len(PROBE_SCALES)))]
-        if outcome.grad_norm is not None and math.isfinite(outcome.grad_norm):
-            self.log_grad_norms = (self.log_grad_norms + [math.log(outcome.grad_norm + 1e-12)])[-cfg.history:]
-        if math.isfinite(log_loss):
-            if self.predicted is not None:
-                self.abs_errors = (self.abs_errors + [abs(log_loss - self.predicted)])[-cfg.history:]
-            self.log_losses = (self.log_losses + [log_loss])[-cfg.history:]
         if self.pending_residual is not None:
             # The first real update after a cycle, projected on the cycle's move: about 1/length
             # when the move was on the trajectory; less (or negative) when it overshot.
@@ -558,6 +588,8 @@ class HybridController(PhaseController):
         return sums.index_add_(0, self.group_index, v.pow(2) if square else v)
 
     def _group_norms(self, deltas: list[torch.Tensor]) -> list[float]:
+        if not deltas:  # lean: nothing moves
+            return [0.0] * len(self.group_names)
         return self._group_sum(torch._foreach_norm(deltas), square=True).sqrt().tolist()
 
     # ------------------------------------------------------------------------ checkpoint
@@ -568,8 +600,10 @@ class HybridController(PhaseController):
     TENSOR_LISTS = ("prev", "direction", "moved", "last_delta")
 
     def state_dict(self) -> dict:
+        late = None if self.late is None else _on_host(self.late)
         state = {"machine": self.machine.state_dict(), "ready": self.ready,
-                 "held": [[tuple(t.cpu() for t in batch) for batch in step] for step in self.held]}
+                 "held": [[tuple(t.cpu() for t in batch) for batch in step] for step in self.held],
+                 "late": None if late is None else [late.step, late.phase.value, late.loss, late.lr, late.grad_norm]}
         if not self.ready:
             return state
         state.update({name: getattr(self, name, None) for name in self.SCALARS})
@@ -584,6 +618,8 @@ class HybridController(PhaseController):
         # The schedule and the held batches are needed before the first step sees the trainer.
         self.machine.load_state_dict(state["machine"])
         self.held = [[tuple(batch) for batch in step] for step in state["held"]]
+        late = state.get("late")
+        self.late = None if late is None else StepOutcome(late[0], Phase(late[1]), *late[2:])
         if state["ready"]:
             self.pending_state = state
             self.ready = False
