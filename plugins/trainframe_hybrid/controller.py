@@ -253,17 +253,17 @@ class HybridController(PhaseController):
         return not self.lean  # lean: the step before's loss is read, on the host, one step late
 
     def observe(self, outcome: StepOutcome, trainer) -> dict:
+        if self.lean:  # process the step before: reading its loss waits for it alone, this one stays queued
+            outcome, self.late = self.late, outcome
+            if outcome is None:
+                return {}
+            outcome = _on_host(outcome)  # the wait is the device's time, not the controller's
         start = time.perf_counter()
         if not self.ready:
             self._setup(trainer)
-        if self.lean:
-            late, self.late = self.late, outcome
-            # Reading the step before's loss waits for it alone; this step's work stays queued.
-            metrics = self._observe(_on_host(late), trainer) if late is not None else {}
-        else:
-            metrics = self._observe(outcome, trainer)
-            if self.cfg.time_overhead and trainer.device.type == "cuda":
-                torch.cuda.synchronize(trainer.device)  # so overhead_s measures the work, not its launch
+        metrics = self._observe(outcome, trainer)
+        if self.cfg.time_overhead and not self.lean and trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)  # so overhead_s measures the work, not its launch
         self.overhead_s += time.perf_counter() - start
         return metrics
 
