@@ -2,7 +2,7 @@
 # Predictive training, round 2 (docs/results-predictive.md), on one GPU: plain training at budgets
 # fit to 0.5x / 0.75x / 1x of 2,000 steps against outer Nesterov (plain and gated), stale-loss
 # selective backprop and the round-1 controllers, on tct-small (both workflow corpora) and on the
-# text config (Tiny Shakespeare, bytes).
+# text config (Tiny Shakespeare, bytes, batch 16).
 #
 #   benchmarks/predictive_round2.sh smoke OUT        every new recipe for 100 steps (does it run here?)
 #   benchmarks/predictive_round2.sh grid tct|text OUT 2 seeds: plain at 0.5x/0.75x/1x budgets and at half and
@@ -16,6 +16,10 @@
 #                                                     SEEDS (2) seeds at the inner lr LR: plain budgets,
 #                                                     plain at twice LR, BEST outer and gated; tct also
 #                                                     selective and its random control
+#   benchmarks/predictive_round2.sh skipcost tct|text OUT
+#                                                     1 seed, one bench at a time: plain, skip, and skip that
+#                                                     never predicts (its full-step path alone): the lean
+#                                                     skip's own cost
 # LR sets the inner lr (default: tct 4e-4, text 1e-3).
 #
 # A stage runs several benches side by side (JOBS, default 4) and merges them with
@@ -23,9 +27,9 @@
 # runs on the GPU; wall-clock does, so the final stage runs one bench at a time.
 # Extra KEY=VALUE arguments go to every run.
 set -euo pipefail
-stage=${1:?usage: predictive_round2.sh smoke|grid|final [tct|text] OUT_DIR [KEY=VALUE ...]}
+stage=${1:?usage: predictive_round2.sh smoke|grid|final|retuned|skipcost [tct|text] OUT_DIR [KEY=VALUE ...]}
 if [[ $stage == smoke ]]; then work=tct; else work=${2:?expected tct or text}; shift; fi
-out=${2:?usage: predictive_round2.sh smoke|grid|final [tct|text] OUT_DIR [KEY=VALUE ...]}
+out=${2:?usage: predictive_round2.sh smoke|grid|final|retuned|skipcost [tct|text] OUT_DIR [KEY=VALUE ...]}
 shift 2
 steps=2000
 [[ $stage == smoke ]] && steps=100
@@ -33,7 +37,9 @@ jobs=${JOBS:-4}
 every=$((steps / 20))
 case "$work" in
   tct) lr=${LR:-4.0e-4}; cfg=(configs/tct-small.yaml trainer.eval_batches=20) ;;
-  text) lr=${LR:-1.0e-3}; cfg=(configs/hybrid-shakespeare.yaml model.dropout=0.2 trainer.eval_batches=16 trainer.cuda_graphs=auto) ;;
+  # batch 16 (8.2M tokens in 2,000 steps, 8 epochs): at batch 64 the model overfits before 2,000 steps
+  text) lr=${LR:-1.0e-3}; cfg=(configs/hybrid-shakespeare.yaml model.dropout=0.2 trainer.batch_size=16
+                              trainer.eval_batches=16 trainer.cuda_graphs=auto 'phases={name: full}') ;;
   *) echo "unknown workload '$work': expected tct or text" >&2; exit 2 ;;
 esac
 cfg+=(trainer.max_steps=$steps schedule.warmup_steps=$((steps / 20)) optim.lr=$lr "$@")
@@ -102,5 +108,11 @@ case "$stage" in
     bench "$work-retuned" --controllers $controllers --seeds "${SEEDS:-2}" --budgets 0.5,0.75 "${recipes[@]}"
     wait
     ;;
-  *) echo "unknown stage '$stage': expected smoke, grid, final or retuned" >&2; exit 2 ;;
+  skipcost)
+    jobs=1
+    bench "$work-skipcost" --controllers full,skip --seeds "${SEEDS:-1}" --budgets "" \
+      --recipe "skip-never-predicts 'phases={name: skip, warmup_steps: 1000000}'"
+    wait
+    ;;
+  *) echo "unknown stage '$stage': expected smoke, grid, final, retuned or skipcost" >&2; exit 2 ;;
 esac
