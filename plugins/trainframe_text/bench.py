@@ -32,9 +32,8 @@ def bench_main(args) -> int:
     name, data_cfg = cfg.component("data")
     if name != "text":
         raise UserError(f"{args.config}: data.name: `data bench` reads `text` datasets, got '{name}'")
-    model_cfg = cfg.components["model"]
-    context = args.context or getattr(model_cfg.resolved() if hasattr(model_cfg, "resolved") else model_cfg,
-                                      "context", None)
+    _, model_cfg = cfg.component("model")
+    context = args.context or getattr(model_cfg, "context", None)
     if context is None:
         raise UserError(f"--context: {args.config} gives no model.context; pass --context N")
     tokenizer = build_tokenizer(cfg, plugins)

@@ -161,7 +161,7 @@ def train_main(args) -> int:
     data_name, data_cfg = cfg.component("data")
     if data_name != "text":
         raise UserError(f"{args.config}: data.name: the bpe trainer reads `text` datasets, got '{data_name}'")
-    tok_cfg = cfg.components["tokenizer"]
+    _, tok_cfg = cfg.component("tokenizer")
     out = Path(args.out or getattr(tok_cfg, "path", None) or Path(data_cfg.dir) / "tokenizer.json")
     if out.exists() and not args.force:
         raise UserError(f"{out}: already exists; pass --force to replace it (data prepared with it is then "

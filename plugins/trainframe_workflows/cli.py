@@ -188,7 +188,7 @@ def schema_train(args: argparse.Namespace) -> int:
     except SchemaNotFound as e:
         raise UserError(f"--schema: {e}") from None
     # No default file name: a vocabulary dropped into the current directory is easily lost or overwritten.
-    config_vocab = getattr(args.run_config.components["tokenizer"], "vocab", None) if args.run_config else None
+    config_vocab = getattr(args.run_config.component("tokenizer")[1], "vocab", None) if args.run_config else None
     if not (args.out or config_vocab):
         raise UserError("--out: required for --kind schema: the vocabulary file to write, e.g. "
                         "data/github-workflow.tokenizer.json (or give a run CONFIG whose tokenizer.vocab names it)")

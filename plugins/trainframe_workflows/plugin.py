@@ -1,5 +1,6 @@
-"""Registers the workflow tokenizers, the ``workflows`` dataset, the ``tokenizer check`` and
-``eval-workflows`` and ``eval-completion`` commands and the ``schema`` tokenizer trainer."""
+"""Registers the workflow tokenizers, the ``workflows`` dataset, the workflow-model presets, the
+``tokenizer check`` and ``eval-workflows`` and ``eval-completion`` commands and the ``schema``
+tokenizer trainer."""
 
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ class SchemaTokenizerConfig(ComponentConfig):
                                                 "null = the shipped one")
 
 
+# The workflow model trains on a small corpus, so the whole family keeps the dropout the issue
+# gives for `small`. Untied embeddings: with an 8192 vocab the head is cheap and `small` lands
+# on the intended ~20M only untied. Parameter counts are in docs/models.md.
+_WORKFLOW = {"vocab_size": 8192, "mlp": "relu2", "dropout": 0.2, "tie_embeddings": False}
+MODEL_PRESETS = {
+    "small": {**_WORKFLOW, "d_model": 384, "n_layer": 8, "n_head": 6, "context": 512},
+    "medium-small": {**_WORKFLOW, "d_model": 512, "n_layer": 8, "n_head": 8, "context": 512},
+    "medium-512": {**_WORKFLOW, "d_model": 768, "n_layer": 10, "n_head": 12, "context": 512},
+    "medium": {**_WORKFLOW, "d_model": 768, "n_layer": 10, "n_head": 12, "context": 1024},
+    "large-512": {**_WORKFLOW, "d_model": 1024, "n_layer": 12, "n_head": 16, "context": 512},
+    "large": {**_WORKFLOW, "d_model": 1024, "n_layer": 12, "n_head": 16, "context": 1024},
+}
+
+
 def build_schema_tokenizer(cfg: SchemaTokenizerConfig):
     return make_schema_tokenizer(cfg.schema_name, cfg.vocab)
 
@@ -62,6 +77,8 @@ def trainframe_register(registry):
                  help="the compiled tct_github_workflow wheel, when installed")
     registry.add("dataset", "workflows", build_workflows, WorkflowsConfig,
                  help="GitHub workflows: cached tokens, split by repository, offset/prefix/FIM windows")
+    for name, fields in MODEL_PRESETS.items():
+        registry.add_model_preset(name, fields)
     registry.add_command("eval-workflows", run=eval_main, add_arguments=eval_args,
                          help="validity of generated workflows: YAML, schema, on/jobs, distinct, actionlint")
     registry.add_command("eval-completion", run=eval_completion_main, add_arguments=eval_completion_args,

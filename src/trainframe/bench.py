@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import trainframe
-from trainframe.config import load_config
+from trainframe.config import load_config, resolve
 from trainframe.errors import UserError
 from trainframe.fileio import atomic_path
 
@@ -203,8 +203,9 @@ def run_bench(config, overrides: list[str], steps: int, warmup: int, data: str, 
                  "trainer.save_every=0", "trainer.save_every_minutes=null", "trainer.sample_tokens=0"]
     cfg = load_config(config, overrides, plugins.registry)
     # Every logger stays on except the console: its progress bar would mix with the figures.
-    kept = [(raw, sub) for raw, sub in zip(cfg.loggers, cfg.components["loggers"]) if raw["name"] != "console"]
-    cfg.loggers, cfg.components["loggers"] = [raw for raw, _ in kept], [sub for _, sub in kept]
+    data = cfg.to_dict()
+    data["loggers"] = [item for item in data["loggers"] if item["name"] != "console"]
+    cfg = resolve(data, plugins.registry, source=str(config))
     world = distributed.init(cfg.trainer.device)  # under torchrun: every rank times its steps
     try:
         return {"name": cfg.name, **measure(cfg, plugins, steps, warmup, data, world, profile)}

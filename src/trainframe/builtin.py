@@ -9,7 +9,7 @@ from trainframe.data.tokenizer import ByteTokenizerConfig, build_byte_tokenizer
 from trainframe.logging import (ConsoleConfig, JsonlConfig, TensorboardConfig, build_console, build_jsonl,
                                 build_tensorboard)
 from trainframe.logging.trackers import MlflowConfig, WandbConfig, build_mlflow, build_wandb
-from trainframe.model import ModelConfig, build_model
+from trainframe.model import PRESETS, ModelConfig, build_model
 from trainframe.optim.adamw import AdamWConfig, build_adamw
 from trainframe.optim.muon import MuonConfig, build_muon
 from trainframe.optim.schedules import (ConstantConfig, CosineConfig, WSDConfig, build_constant, build_cosine,
@@ -20,6 +20,8 @@ from trainframe.phases import FullConfig, build_full
 @trainframe.hookimpl
 def trainframe_register(registry):
     registry.add("model", "gpt", build_model, ModelConfig, help="GPT decoder with named presets")
+    for name, fields in PRESETS.items():
+        registry.add_model_preset(name, fields)
     registry.add("tokenizer", "bytes", build_byte_tokenizer, ByteTokenizerConfig, help="UTF-8 bytes + EOS, PAD")
     registry.add("dataset", "tokens", build_tokens, TokensConfig, help="prepared token shards (memmap)")
     registry.add("dataset", "textfile", build_textfile, TextFileConfig,

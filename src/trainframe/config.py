@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from trainframe.errors import UserError
 from trainframe.fileio import relative_note
@@ -97,24 +97,29 @@ class RunConfig(BaseModel):
     callbacks: list[dict[str, Any]] = Field([], description="callbacks: registered plugin objects with hook "
                                             "implementations")
 
-    # Filled by ``resolve``: section -> validated component config (a ComponentConfig instance).
-    components: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    # Filled by ``resolve``: section -> validated component config (a list of them for loggers, callbacks).
+    _components: dict[str, Any] = PrivateAttr(default_factory=dict)
 
-    def component(self, section: str) -> tuple[str, ComponentConfig]:
-        """(name, validated config) of a single-component section."""
-        return getattr(self, section)["name"], self.components[section]
+    def component(self, section: str):
+        """The one way to read a component section: (name, validated config model) for ``model``,
+        ``tokenizer``, ``data``, ``optim``, ``schedule``, ``phases``; a list of those pairs for
+        ``loggers`` and ``callbacks``."""
+        if section in LIST_SECTIONS:
+            return [(raw["name"], sub) for raw, sub in zip(getattr(self, section), self._components[section])]
+        if section not in SINGLE_SECTIONS:
+            raise KeyError(f"no component section {section!r}; expected one of "
+                           f"{', '.join([*SINGLE_SECTIONS, *LIST_SECTIONS])}")
+        return getattr(self, section)["name"], self._components[section]
 
     def to_dict(self) -> dict:
-        """Plain data with every component's defaults filled in: what the run really used."""
+        """Plain data with every component's defaults filled in (a model preset expanded): what the
+        run really used."""
         data = self.model_dump(mode="json")
         for section in SINGLE_SECTIONS:
-            sub = self.components.get(section)
-            if sub is not None:
-                sub = sub.resolved() if hasattr(sub, "resolved") else sub  # e.g. a model preset, expanded
-                data[section] = {"name": data[section]["name"], **sub.model_dump(mode="json")}
+            name, sub = self.component(section)
+            data[section] = {"name": name, **sub.model_dump(mode="json")}
         for section in LIST_SECTIONS:
-            for i, sub in enumerate(self.components.get(section) or []):
-                data[section][i] = {"name": data[section][i]["name"], **sub.model_dump(mode="json")}
+            data[section] = [{"name": name, **sub.model_dump(mode="json")} for name, sub in self.component(section)]
         return data
 
     def to_yaml(self) -> str:
@@ -382,7 +387,8 @@ def _validate_component(registry: "Registry", kind: str, section: dict, prefix: 
         return None
     body = {k: v for k, v in section.items() if k != "name"}
     try:
-        return component.config.model_validate(body)
+        # The registry in the context: a config model may look names up in it (model presets).
+        return component.config.model_validate(body, context={"registry": registry})
     except ValidationError as e:
         errors.extend(format_errors(e, component.config, prefix, origins, source, extra_keys=("name",)))
         return None
@@ -427,7 +433,7 @@ def resolve(data: dict, registry: "Registry", origins: dict | None = None, sourc
     if errors:
         raise UserError("\n".join(dict.fromkeys(errors)))
     assert cfg is not None
-    cfg.components = components
+    cfg._components = components
     return cfg
 
 

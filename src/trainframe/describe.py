@@ -116,7 +116,7 @@ def option_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str
     rows = []
     for key, field in model.model_fields.items():
         if field.exclude:
-            continue  # internal state, not an option (RunConfig.components)
+            continue  # internal state, not an option
         kind = type_text(field.annotation)
         bounds = _bounds(field)
         if bounds:

@@ -199,13 +199,14 @@ def export_run(run_dir: Path, which: str, out: Path, *, force: bool = False, dty
         tensors, tied = _unique_tensors(model.state_dict(), torch_dtype)
         save_file(tensors, tmp / WEIGHTS, metadata={"format": FORMAT, "tied": json.dumps(tied)})
         files = {WEIGHTS: (tmp / WEIGHTS).stat().st_size}
-        model_cfg = getattr(model, "config", None)
-        fields = (model_cfg.model_dump(mode="json") if hasattr(model_cfg, "model_dump")
-                  else {k: v for k, v in cfg.model.items() if k != "name"})
+        model_name, model_cfg = cfg.component("model")
+        if hasattr(getattr(model, "config", None), "model_dump"):
+            model_cfg = model.config  # gpt's: vocab_size filled from the tokenizer
+        fields = model_cfg.model_dump(mode="json")
         fields = without_init_from(fields)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "architecture": cfg.model["name"], "preset": fields.get("preset"), "model": fields,
+            "architecture": model_name, "preset": fields.get("preset"), "model": fields,
             "parameters": sum(p.numel() for p in model.parameters()), "dtype": dtype,
             "checkpoint": {"file": ckpt_path.name, "step": loop.get("step"),
                            "best_val_loss": loop.get("best_val") if loop.get("best_val", float("inf")) < float("inf")
@@ -242,7 +243,7 @@ def export_run_config(cfg, fields: dict) -> dict:
     started from ``init_from`` (whose shape came from that checkpoint's config.json)."""
     run_config = cfg.to_dict()
     if (run_config.get("model") or {}).get("init_from"):
-        run_config["model"] = {"name": cfg.model["name"], **fields}
+        run_config["model"] = {"name": cfg.component("model")[0], **fields}
     return run_config
 
 

@@ -50,14 +50,15 @@ def check_exportable(cfg, model, tokenizer, run_dir: Path) -> str:
     """The transformers model_type of this run, or one UserError line saying what does not map."""
     from trainframe.model import ModelConfig
 
-    if cfg.model["name"] != "gpt" or not isinstance(getattr(model, "config", None), ModelConfig):
-        raise UserError(f"--format hf: {run_dir}: model '{cfg.model['name']}' is not trainframe's gpt; only gpt "
+    model_name, _ = cfg.component("model")
+    if model_name != "gpt" or not isinstance(getattr(model, "config", None), ModelConfig):
+        raise UserError(f"--format hf: {run_dir}: model '{model_name}' is not trainframe's gpt; only gpt "
                         "models map to transformers classes")
     try:
         model_type = hf_model_type(model.config)
     except ValueError as e:
         raise UserError(f"--format hf: {run_dir}: {e}") from None
-    _hf_tokenizer(tokenizer, cfg.tokenizer["name"])
+    _hf_tokenizer(tokenizer, cfg.component("tokenizer")[0])
     return model_type
 
 
@@ -136,7 +137,7 @@ def write_hf(out: Path, cfg, tokenizer, model, checkpoint: dict, run_name: str, 
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     with atomic_dir(out, "the export", size) as tmp:
         save_file(tensors, tmp / HF_WEIGHTS, metadata={"format": "pt"})
-        ids = _write_tokenizer(tokenizer, cfg.tokenizer["name"], mcfg.context, tmp)
+        ids = _write_tokenizer(tokenizer, cfg.component("tokenizer")[0], mcfg.context, tmp)
         config = hf_config(mcfg, dtype=dtype, **ids)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(ids, indent=2) + "\n")
@@ -144,7 +145,7 @@ def write_hf(out: Path, cfg, tokenizer, model, checkpoint: dict, run_name: str, 
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "layout": "hf",
             "hf": {"architecture": ARCHITECTURES[model_type], "model_type": model_type},
-            "architecture": cfg.model["name"], "preset": mcfg.preset, "model": fields,
+            "architecture": cfg.component("model")[0], "preset": mcfg.preset, "model": fields,
             "parameters": parameters, "dtype": dtype, "checkpoint": checkpoint, "bf16_bytes": 2 * parameters,
             "files": {HF_WEIGHTS: (tmp / HF_WEIGHTS).stat().st_size},
         }

@@ -134,9 +134,13 @@ def _merge_registry(into: Registry, new: Registry) -> None:
     for name in new.commands:
         if name in into.commands:
             raise ValueError(f"command '{name}' is already registered by plugin '{into.commands[name].plugin}'")
+    for name in new.model_presets:
+        if name in into.model_presets:
+            raise ValueError(f"model preset '{name}' is already registered by another plugin")
     for kind, table in new.components.items():
         into.components[kind].update(table)
     into.commands.update(new.commands)
+    into.model_presets.update(new.model_presets)
 
 
 _CURRENT: Plugins | None = None

@@ -58,6 +58,8 @@ class Registry:
     components: dict[str, dict[str, Component]] = field(
         default_factory=lambda: {k: {} for k in (*KINDS, "tokenizer_trainer")})
     commands: dict[str, Command] = field(default_factory=dict)
+    # Named presets of the ``gpt`` model: partial ModelConfig fields.
+    model_presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     current_plugin: str = "trainframe"
 
     def add(
@@ -97,6 +99,13 @@ class Registry:
         kind's own options (they share one parser with every other kind's, so names must not clash)."""
         self._put(Component("tokenizer_trainer", name, run, ComponentConfig, self.current_plugin, help, add_arguments),
                   "tokenizer trainer")
+
+    def add_model_preset(self, name: str, fields: dict[str, Any]) -> None:
+        """Make ``model: {name: gpt, preset: NAME}`` mean these ModelConfig fields (fields the
+        config sets win)."""
+        if name in self.model_presets:
+            raise ValueError(f"model preset {name!r} is registered twice")
+        self.model_presets[name] = dict(fields)
 
     def _put(self, c: Component, what: str) -> None:
         table = self.components[c.kind]

@@ -14,16 +14,16 @@ from trainframe.plugins import current
 @pytest.mark.parametrize("name", ["shakespeare-tiny", "tinystories-tiny", "tritter-100m"])
 def test_configs_are_valid(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml", [], current().registry)
-    assert cfg.tokenizer["name"] == "bpe" and cfg.data["name"] == "text"
+    assert cfg.component("tokenizer")[0] == "bpe" and cfg.component("data")[0] == "text"
 
 
 def test_tritter_plan():
     cfg = load_config(REPO / "configs" / "tritter-100m.yaml", [], current().registry)
-    data, t = cfg.components["data"], cfg.trainer
+    (_, data), t = cfg.component("data"), cfg.trainer
     assert [s.weight for s in data.sources] == [0.40, 0.25, 0.15, 0.10, 0.10]
     assert data.sources[0].hf == "HuggingFaceFW/fineweb-edu" and data.sources[0].config == "sample-10BT"
     assert 256 <= t.batch_size * t.grad_accum <= 512
-    tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.components["model"].resolved().context
+    tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.component("model")[1].context
     assert abs(tokens - 2e9) < 0.01e9
 
 

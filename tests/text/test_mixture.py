@@ -27,7 +27,7 @@ def _mixture(tmp_path, bpe_path, weights=(0.5, 0.3, 0.2)):
 
 def test_weights_hold_over_many_draws(tmp_path, bpe_path):
     cfg, tok = _mixture(tmp_path, bpe_path)
-    data = build_text(cfg.components["data"], tokenizer=tok, context=32, seed=5)
+    data = build_text(cfg.component("data")[1], tokenizer=tok, context=32, seed=5)
     counts = np.bincount(data.choices(0, 200_000), minlength=3) / 200_000
     assert np.allclose(counts, [0.5, 0.3, 0.2], atol=0.005)
     assert np.array_equal(data.choices(1000, 50), data.choices(0, 1050)[1000:])  # a function of the position
@@ -35,13 +35,13 @@ def test_weights_hold_over_many_draws(tmp_path, bpe_path):
     x, y = data.next_batch(64)
     assert x.shape == (64, 32) and torch.equal(x[:, 1:], y[:, :-1])
     assert 2.0 < data.chars_per_token < 5.0  # bytes of text per BPE token
-    other = build_text(cfg.components["data"], tokenizer=tok, context=32, seed=6)
+    other = build_text(cfg.component("data")[1], tokenizer=tok, context=32, seed=6)
     assert not np.array_equal(other.choices(0, 100), data.choices(0, 100))
 
 
 def test_resume_mid_mixture_draws_the_same_batches(tmp_path, bpe_path):
     cfg, tok = _mixture(tmp_path, bpe_path)
-    make = lambda: build_text(cfg.components["data"], tokenizer=tok, context=32, seed=9)
+    make = lambda: build_text(cfg.component("data")[1], tokenizer=tok, context=32, seed=9)
     whole = make()
     # Enough batches that the smallest source runs through more than one epoch.
     straight = [whole.next_batch(32) for _ in range(100)]
@@ -61,7 +61,7 @@ def test_resume_mid_mixture_draws_the_same_batches(tmp_path, bpe_path):
 
 def test_ranks_read_different_windows(tmp_path, bpe_path):
     cfg, tok = _mixture(tmp_path, bpe_path, weights=(1.0,))
-    ranks = [build_text(cfg.components["data"], tokenizer=tok, context=32, seed=1, rank=r, world_size=2)
+    ranks = [build_text(cfg.component("data")[1], tokenizer=tok, context=32, seed=1, rank=r, world_size=2)
              for r in range(2)]
     a, b = (r.next_batch(8)[0] for r in ranks)
     assert not torch.equal(a, b)

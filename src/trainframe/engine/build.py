@@ -54,8 +54,7 @@ def set_cpu_threads(setting: int | None) -> str:
     return f"cpu threads: {torch.get_num_threads()} of {cores} cores ({why})"
 
 
-def _make(plugins, kind: str, section: str, cfg, *args, **kwargs):
-    name = section["name"] if isinstance(section, dict) else section
+def _make(plugins, kind: str, name: str, cfg, *args, **kwargs):
     component = plugins.registry.get(kind, name)
     try:
         return component.factory(cfg, *args, **kwargs)
@@ -64,25 +63,25 @@ def _make(plugins, kind: str, section: str, cfg, *args, **kwargs):
 
 
 def build_tokenizer(cfg: RunConfig, plugins):
-    return _make(plugins, "tokenizer", cfg.tokenizer, cfg.components["tokenizer"])
+    return _make(plugins, "tokenizer", *cfg.component("tokenizer"))
 
 
 def build_model(cfg: RunConfig, plugins, tokenizer):
-    return _make(plugins, "model", cfg.model, cfg.components["model"], vocab_size=tokenizer.vocab_size())
+    return _make(plugins, "model", *cfg.component("model"), vocab_size=tokenizer.vocab_size())
 
 
 def build_dataset(cfg: RunConfig, plugins, tokenizer, context: int, *, seed: int | None = None,
                   rank: int = 0, world_size: int = 1):
     """The config's dataset; ``seed`` defaults to the config's (eval passes the run's seed with another
     config's data section, so the validation split stays the run's)."""
-    return _make(plugins, "dataset", cfg.data, cfg.components["data"], tokenizer=tokenizer, context=context,
+    return _make(plugins, "dataset", *cfg.component("data"), tokenizer=tokenizer, context=context,
                  seed=cfg.seed if seed is None else seed, rank=rank, world_size=world_size)
 
 
 def build_optimizer(cfg: RunConfig, plugins, model, device: torch.device, world: World):
     """The config's optimizer; several (a factory may return a list or tuple) become one
     :class:`CombinedOptimizer` here, so everything downstream sees a single optimizer."""
-    optimizer = _make(plugins, "optimizer", cfg.optim, cfg.components["optim"], model, device)
+    optimizer = _make(plugins, "optimizer", *cfg.component("optim"), model, device)
     if isinstance(optimizer, (list, tuple)):
         optimizer = CombinedOptimizer(optimizer)
     muon = getattr(torch.optim, "Muon", ())  # () where torch has no Muon: isinstance is then False
@@ -117,14 +116,14 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, world: World | None = 
     # Before the optimizer: FSDP2 replaces the parameters with sharded ones.
     wrapped = distributed.wrap(model, world, cfg.trainer, device)
     optimizer = build_optimizer(cfg, plugins, model, device, world)
-    schedule = _make(plugins, "schedule", cfg.schedule, cfg.components["schedule"], cfg.trainer.max_steps)
-    controller = _make(plugins, "phases", cfg.phases, cfg.components["phases"])
+    schedule = _make(plugins, "schedule", *cfg.component("schedule"), cfg.trainer.max_steps)
+    controller = _make(plugins, "phases", *cfg.component("phases"))
     listeners = []
     for kind, section in (("logger", "loggers"), ("callback", "callbacks")):
         if kind == "logger" and not world.is_main:  # one set of logs per run; callbacks run on every rank
             continue
-        for raw, sub in zip(getattr(cfg, section), cfg.components[section]):
-            listener = _make(plugins, kind, raw, sub, run_dir=run_dir)
+        for name, sub in cfg.component(section):
+            listener = _make(plugins, kind, name, sub, run_dir=run_dir)
             problem = hook_problems(plugins.manager, listener)
             if problem is None:
                 try:  # checks hook argument names against the specs, then undoes the registration
@@ -133,7 +132,7 @@ def build_trainer(cfg: RunConfig, plugins, run_dir: Path, world: World | None = 
                 except pluggy.PluginValidationError as e:
                     problem = invalid_hook_message(e)
             if problem:
-                raise UserError(f"{kind} '{raw['name']}' {problem}")
+                raise UserError(f"{kind} '{name}' {problem}")
             listeners.append(listener)
     if world.distributed:
         # Weights are built alike on every rank; from here each rank draws its own stream (dropout masks).

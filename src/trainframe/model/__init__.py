@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from trainframe.model.gpt import (
-    GPT,
-    KVCache,
-    ModelConfig,
-    RMSNorm,
-    default_linear,
-    sample_next,
-)
-from trainframe.model.presets import PRESETS
+from trainframe.model.config import PRESETS, ModelConfig
+from trainframe.model.generation import KVCache, sample_next
+from trainframe.model.gpt import GPT, RMSNorm, default_linear
 
 __all__ = ["GPT", "PRESETS", "KVCache", "ModelConfig", "RMSNorm", "build_model", "default_linear", "sample_next"]
 
@@ -18,7 +12,6 @@ __all__ = ["GPT", "PRESETS", "KVCache", "ModelConfig", "RMSNorm", "build_model",
 def build_model(cfg: ModelConfig, vocab_size: int) -> GPT:
     """Factory for the registry: ``vocab_size`` is the tokenizer's. The config's own vocab_size, when
     set, wins (it may be larger, e.g. padded for speed) but must cover every tokenizer id."""
-    cfg = cfg.resolved()
     if cfg.vocab_size is None:
         cfg = cfg.model_copy(update={"vocab_size": vocab_size})
     elif cfg.vocab_size < vocab_size:

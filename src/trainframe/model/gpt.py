@@ -1,4 +1,4 @@
-"""The GPT decoder: config with presets, model, KV-cache generation.
+"""The GPT decoder: building blocks and the model (config in ``model.config``, sampling in ``model.generation``).
 
 Architecture (one block, pre-norm):  x += drop(attn(norm(x)));  x += drop(mlp(norm(x)))
   - RoPE positions, no learned position table.
@@ -16,149 +16,22 @@ BitLinear layers is a one-place change; the embedding and lm_head stay full prec
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
-from trainframe.config import ComponentConfig
 from trainframe.model.bitlinear import bitlinear_factory
+from trainframe.model.config import ModelConfig
+from trainframe.model.generation import KVCache, generate
 from trainframe.model.loss import chunked_cross_entropy
-from trainframe.model.presets import DEFAULTS, PRESETS
 
 LinearFactory = Callable[[int, int], nn.Module]
-
-# Fields where an explicit ``null`` means something (derive it / take the tokenizer's); for every
-# other field an explicit null just means "not given", so the preset or default applies.
-_NULL_MEANINGFUL = ("n_kv_head", "mlp_hidden", "vocab_size", "bitlinear_group_size")
-_REQUIRED = ("d_model", "n_layer", "n_head", "context")
-
-
-def _round_up(x: float, multiple: int) -> int:
-    return int(math.ceil(x / multiple) * multiple)
-
-
-class ModelConfig(ComponentConfig):
-    """Config of the ``gpt`` model. Pick a ``preset`` and override any field, or give them all."""
-
-    preset: str | None = Field(None, description="named preset (docs/models.md); explicit fields override it")
-    d_model: int | None = Field(None, gt=0, description="residual stream width")
-    n_layer: int | None = Field(None, gt=0, description="number of transformer blocks")
-    n_head: int | None = Field(None, gt=0, description="query heads; d_model / n_head must be even")
-    n_kv_head: int | None = Field(None, gt=0, description="key/value heads (GQA); null = n_head")
-    mlp: Literal["relu2", "gated_relu2", "swiglu"] | None = Field(
-        None, description="MLP kind: relu2, gated_relu2 or swiglu (gated SiLU, as in Llama)"
-    )
-    mlp_hidden: int | None = Field(
-        None, gt=0, description="MLP hidden width; null = 4*d_model (relu2), 8/3*d_model up to x256 (gated)"
-    )
-    context: int | None = Field(None, gt=0, description="maximum sequence length")
-    vocab_size: int | None = Field(None, gt=0, description="null = the tokenizer's vocab size")
-    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="attention and residual dropout")
-    qk_norm: bool | None = Field(None, description="RMSNorm on queries and keys per head")
-    rope_theta: float | None = Field(None, gt=0.0, description="RoPE base")
-    tie_embeddings: bool | None = Field(None, description="lm_head shares the token embedding matrix")
-    attention: Literal["sdpa", "eager"] | None = Field(
-        None, description="sdpa: fused kernels (flash attention on CUDA); eager: plain matmul-softmax, for debugging"
-    )
-    bitlinear: bool | None = Field(
-        None, description="BitNet b1.58 block linears: ternary weights, 8-bit activations (docs/models.md)"
-    )
-    bitlinear_group_size: int | None = Field(
-        None, gt=0, description="input features per BitLinear weight scale; null = one scale per output row"
-    )
-    norm_weight: bool | None = Field(
-        None, description="RMSNorms (QK-norm included) get a learned per-channel gain, as in Llama/Qwen3"
-    )
-    norm_eps: float | None = Field(None, gt=0.0, lt=1.0, description="epsilon of every RMSNorm")
-    init_from: str | None = Field(
-        None, description="a Hugging Face Llama/Qwen3/Arcee checkpoint directory: its config sets the shape, "
-                          "its weights the initial weights (docs/models.md)"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> ModelConfig:
-        # Validate the merged result now so a bad combination fails at config load, not at build.
-        self._merged()
-        return self
-
-    def _merged(self) -> dict[str, Any]:
-        values = dict(DEFAULTS)
-        if self.preset is not None:
-            if self.preset not in PRESETS:
-                close = difflib.get_close_matches(self.preset, list(PRESETS), n=1, cutoff=0.5)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ValueError(
-                    f"unknown model preset '{self.preset}'{hint}; known presets: {', '.join(PRESETS)}"
-                )
-            values.update(PRESETS[self.preset])
-        if self.init_from is not None:
-            values.update(self._from_checkpoint())
-        for name in self.model_fields_set:
-            value = getattr(self, name)
-            if value is not None or name in _NULL_MEANINGFUL:
-                values[name] = value
-        values["preset"] = self.preset
-
-        missing = [name for name in _REQUIRED if values.get(name) is None]
-        if missing:
-            raise ValueError(
-                f"model needs {', '.join(missing)}: set {'it' if len(missing) == 1 else 'them'} "
-                f"or choose a preset ({', '.join(PRESETS)})"
-            )
-        d, h = values["d_model"], values["n_head"]
-        if d % h:
-            raise ValueError(f"d_model ({d}) must be divisible by n_head ({h})")
-        if (d // h) % 2:
-            raise ValueError(f"head dim d_model/n_head = {d // h} must be even for RoPE")
-        if values["n_kv_head"] is None:
-            values["n_kv_head"] = h
-        if h % values["n_kv_head"]:
-            raise ValueError(f"n_kv_head ({values['n_kv_head']}) must divide n_head ({h})")
-        if values["mlp_hidden"] is None:
-            # Gated MLPs have three matrices, so 8/3*d keeps the parameter count of a 4*d relu2 MLP
-            # (rounded up to 256 for matmul-friendly shapes, LLaMA style; gives 2048/2816/5632
-            # for the Tritter widths).
-            values["mlp_hidden"] = 4 * d if values["mlp"] == "relu2" else _round_up(8 * d / 3, 256)
-        group = values["bitlinear_group_size"]
-        if values["bitlinear"] and group is not None:
-            for what, width in (("d_model", d), ("mlp_hidden", values["mlp_hidden"])):
-                if width % group:
-                    raise ValueError(f"bitlinear_group_size ({group}) must divide {what} ({width}); "
-                                     "pick a divisor or null for one scale per output row")
-        return values
-
-    def _from_checkpoint(self) -> dict[str, Any]:
-        """The fields ``init_from``'s config.json sets; fields given alongside must agree with them,
-        except those a continued run may change (context, dropout, attention, bitlinear)."""
-        from trainframe.model.hf import INIT_FROM_FREE, fields_from_hf_dir
-
-        if self.preset is not None:
-            raise ValueError("init_from takes the model's shape from the checkpoint; leave preset out")
-        fields = fields_from_hf_dir(self.init_from)
-        for name in sorted(self.model_fields_set):
-            value = getattr(self, name)
-            if name in fields and name not in INIT_FROM_FREE and value is not None and value != fields[name]:
-                raise ValueError(f"{name} is {value!r} but init_from {self.init_from} has {fields[name]!r}; "
-                                 f"leave {name} out")
-        return fields
-
-    def resolved(self) -> ModelConfig:
-        """A copy with the preset merged in and every derived field filled (vocab_size may stay
-        None, meaning the tokenizer's). Resolving a resolved config changes nothing."""
-        return ModelConfig(**self._merged())
-
-    @property
-    def head_dim(self) -> int:
-        r = self._merged()
-        return r["d_model"] // r["n_head"]
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -223,27 +96,6 @@ def _probe_enable_gqa() -> bool:
 
 
 _HAS_ENABLE_GQA = _probe_enable_gqa()
-
-
-class KVCache:
-    """Keys and values of every layer for one generation call; buffers allocated on first use so
-    they take the dtype the model computes in (bf16 under autocast)."""
-
-    def __init__(self, n_layer: int, max_len: int):
-        self.max_len = max_len
-        self.k: list[torch.Tensor | None] = [None] * n_layer
-        self.v: list[torch.Tensor | None] = [None] * n_layer
-        self.pos = 0  # tokens already stored; advanced by GPT.forward after all layers ran
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, H, T, D = k.shape
-        if self.k[layer] is None:
-            self.k[layer] = k.new_zeros(B, H, self.max_len, D)
-            self.v[layer] = v.new_zeros(B, H, self.max_len, D)
-        end = self.pos + T
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 def _eager_attention(q, k, v, mask, causal: bool, dropout_p: float) -> torch.Tensor:
@@ -425,7 +277,7 @@ class GPT(nn.Module):
 
     def __init__(self, config: ModelConfig, linear: LinearFactory | None = None):
         super().__init__()
-        cfg = config.resolved()
+        cfg = config
         if linear is None:
             linear = bitlinear_factory(cfg.bitlinear_group_size) if cfg.bitlinear else default_linear
         if cfg.vocab_size is None:
@@ -575,7 +427,6 @@ class GPT(nn.Module):
         # Only the last position is needed: skip the (B, T, V) head on the prefill.
         return self.lm_head(self._hidden(idx, kv_cache)[:, -1]).float()
 
-    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
@@ -587,71 +438,8 @@ class GPT(nn.Module):
         allowed_fn: Callable[[list[int]], torch.Tensor | Sequence[bool] | None] | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Sample up to ``max_new_tokens`` after ``idx`` (B, T); returns (B, T + n) including idx.
-
-        temperature 0 = greedy. ``allowed_fn(row_tokens)`` gets a row's tokens so far (prompt
-        included) and returns a bool mask over the vocab (True = allowed; a shorter mask leaves the
-        rest disallowed) or None for no constraint. With ``eos_id`` a row that emits it is
-        finished and padded with eos_id; generation stops early once every row is finished.
-
-        Context: the prompt is cropped to its last ``context`` tokens. While the window fits, one
-        token per step goes through the KV cache. Once it is full, each step recomputes the last
-        ``context`` tokens without a cache (an exact sliding window, equal to what the model saw in
-        training; rolling the cache instead would keep keys computed from tokens that have left
-        the window).
-        """
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be (batch, tokens) with at least one token, got {tuple(idx.shape)}")
-        was_training = self.training
-        self.eval()
-        try:
-            ctx = self.config.context
-            out = idx
-            cache = KVCache(self.config.n_layer, ctx)
-            logits = self._next_logits(idx[:, -ctx:], cache)
-            finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-            for step in range(max_new_tokens):
-                mask = self._allowed_mask(allowed_fn, out, finished, logits.size(-1))
-                nxt = sample_next(logits, temperature, top_k, top_p, mask, generator)
-                if eos_id is not None:
-                    nxt = torch.where(finished, torch.full_like(nxt, eos_id), nxt)
-                    finished |= nxt == eos_id
-                out = torch.cat((out, nxt[:, None]), dim=1)
-                if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
-                    break
-                if cache.pos < ctx:
-                    logits = self._next_logits(nxt[:, None], cache)
-                else:
-                    logits = self._next_logits(out[:, -ctx:], None)
-            return out
-        finally:
-            self.train(was_training)
-
-    @staticmethod
-    def _allowed_mask(allowed_fn, out: torch.Tensor, finished: torch.Tensor, vocab: int) -> torch.Tensor | None:
-        if allowed_fn is None:
-            return None
-        mask = torch.ones(out.size(0), vocab, dtype=torch.bool, device=out.device)
-        for b in range(out.size(0)):
-            if finished[b]:
-                continue
-            row = allowed_fn(out[b].tolist())
-            if row is None:
-                continue
-            row = torch.as_tensor(row, dtype=torch.bool, device=out.device).flatten()
-            if row.numel() > vocab:
-                raise ValueError(f"allowed_fn returned a mask of {row.numel()} entries for a vocab of {vocab}")
-            if not bool(row.any()):
-                raise ValueError(f"allowed_fn allows no token for row {b} after {out.size(1)} tokens")
-            mask[b] = False
-            mask[b, : row.numel()] = row
-        return mask
+        """Sample up to ``max_new_tokens`` after ``idx`` (B, T); ``trainframe.model.generation.generate``."""
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, allowed_fn, generator)
 
     # ---- accounting ----------------------------------------------------------------------- #
 
@@ -689,31 +477,3 @@ class GPT(nn.Module):
         if not c.bitlinear:
             return ""
         return f", bitlinear ({f'groups of {c.bitlinear_group_size}' if c.bitlinear_group_size else 'per output row'})"
-
-
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """logits (B, V) -> next tokens (B,). Mask first, so top-k/top-p choose among allowed tokens."""
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the mass before it already reaches top_p (so the first always stays).
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
