@@ -344,8 +344,9 @@ class HybridController(PhaseController):
         delta_norms = None
         if diverged:
             self.divergences += 1
-            self._move(self.last_delta, -1.0)  # undo the move that diverged
-            torch._foreach_sub_(self.moved, self.last_delta)
+            if not self.lean:  # undo the move that diverged (lean: nothing moved)
+                self._move(self.last_delta, -1.0)
+                torch._foreach_sub_(self.moved, self.last_delta)
             self._finish_cycle()
         elif was == "correct" and now != "correct":
             delta_norms = self._correct(features)
@@ -544,6 +545,8 @@ class HybridController(PhaseController):
 
     def _set_scale(self, scale: float) -> list[float]:
         """Put the weights at ``scale`` times this cycle's predicted move (a CORRECT probe)."""
+        if self.lean:
+            return self._group_norms([])
         delta = torch._foreach_mul(self.moved, scale - self.scale)
         self._move(delta, 1.0)
         self.scale = scale
@@ -561,10 +564,11 @@ class HybridController(PhaseController):
             best = min(max(-b / (2 * a), 0.0), 1.5) if a > 0 else min(zip((l1, lh, l0), PROBE_SCALES))[1]
         residual = self.corrector.predict(self.cycle["features"] if self.cycle else features)[1:].tolist()
         targets = [min(max(best + r, 0.0), 1.5) for r in residual]
-        delta = torch._foreach_mul(self.moved, [targets[g] - self.scale for g in self.group_of])
-        self._move(delta, 1.0)
-        # The move now stands at ``targets``: keep ``moved`` equal to it for the residual.
-        torch._foreach_add_(self.moved, delta)
+        delta = [] if self.lean else torch._foreach_mul(self.moved, [targets[g] - self.scale for g in self.group_of])
+        if delta:
+            self._move(delta, 1.0)
+            # The move now stands at ``targets``: keep ``moved`` equal to it for the residual.
+            torch._foreach_add_(self.moved, delta)
         self.scale = 1.0
         self.best_scale = best
         self._finish_cycle()

@@ -70,6 +70,16 @@ def test_deferred_device_values_give_the_same_run(plugins, tmp_path):
                                                  == [r["loss"] for r in train_rows(tmp_path / "eager")])
 
 
+def test_correct_steps_and_divergences_run_with_nothing_moved(plugins, tmp_path):
+    t = trainer_for(plugins, tmp_path, "correct", "phases.correct_steps=2")
+    t.fit()
+    assert "correct" in [r["phase"] for r in train_rows(tmp_path / "correct")]
+    # A rising loss: predicted steps land above the smoothed prediction.
+    t = trainer_for(plugins, tmp_path, "diverging", "phases.divergence_sigma=1.0e-6", "optim.lr=0.5")
+    t.fit()
+    assert t.controller.divergences > 0 and len(train_rows(tmp_path / "diverging")) == 20
+
+
 def test_resume_with_a_step_still_unread_is_exact(plugins, tmp_path):
     straight = trainer_for(plugins, tmp_path, "straight")
     straight.fit()
