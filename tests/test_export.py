@@ -9,7 +9,6 @@ from support import train_tiny_run
 from trainframe.cli import main
 from trainframe.commands import load_run_model
 from trainframe.export import export_run, load_export
-from trainframe.plugins import current
 
 
 def train_run(tmp_path, name, *overrides):
@@ -102,31 +101,3 @@ def test_damaged_export_is_one_line(bit_run, tmp_path, capsys):
     assert main(["eval", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "model.safetensors: unreadable safetensors file" in err and len(err.splitlines()) == 1
-
-
-def test_tokenizer_files_travel_with_the_export(tmp_path):
-    """A tokenizer configured with a file (a BPE tokenizer.json) is copied into the export, and the
-    export loads after the original file is gone and the export has moved."""
-    if "bpe" not in current().registry.components["tokenizer"]:
-        pytest.skip("the text plugin's bpe tokenizer is not installed")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    text = (tmp_path / "corpus.txt")
-    text.write_text("the quick brown fox jumps over the lazy dog\n" * 200)
-    tok.train([str(text)], trainers.BpeTrainer(vocab_size=300, special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
-                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok_file = tmp_path / "tokenizer.json"
-    tok.save(str(tok_file))
-    run = train_run(tmp_path, "bpe", f"tokenizer={{name: bpe, path: {tok_file}}}", f"data.path={text}",
-                    "trainer.max_steps=4", "trainer.save_every=0")
-    out = tmp_path / "export"
-    export_run(run, "latest", out)
-    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == tok_file.read_bytes()
-    assert json.loads((out / "config.json").read_text())["tokenizer_files"] == ["path"]
-    tok_file.unlink()
-    moved = out.rename(tmp_path / "moved")
-    _, tokenizer, _ = load_export(moved)
-    assert tokenizer.decode(tokenizer.encode("the lazy fox")) == "the lazy fox"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from support import SHAKESPEARE, TINY_YAML, train_tiny_run
+from support import TINY_YAML, train_tiny_run
 
 from trainframe.cli import main
 from trainframe.commands import load_run_model
@@ -80,32 +80,6 @@ def test_hf_export_matches_transformers(arch, tmp_path, capsys):
         assert torch.equal(again(x), model(x))
 
 
-def test_hf_export_bpe_tokenizer(tmp_path):
-    if "bpe" not in current().registry.components["tokenizer"]:
-        pytest.skip("the text plugin's bpe tokenizer is not installed")
-    from trainframe_text.bpe import save_atomic, train_bpe
-
-    corpus = SHAKESPEARE.read_text()[:200_000]
-    tok_file = tmp_path / "tokenizer.json"
-    save_atomic(train_bpe(iter(corpus.split("\n\n")), 400), tok_file)
-    run = train_run(tmp_path, "bpe", f"tokenizer={{name: bpe, path: {tok_file}}}", "model.mlp=gated_relu2")
-    out = tmp_path / "hf"
-    assert main(["export", str(run), "--out", str(out), "--format", "hf"]) == 0
-    assert (out / "tokenizer.json").read_bytes() == tok_file.read_bytes()
-    assert not (out / "tokenizer").exists()  # trainframe's run_config points at the same tokenizer.json
-    tok_file.unlink()
-    tok = transformers.AutoTokenizer.from_pretrained(out)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    cfg, ours_tok, model = load_export(out)
-    text = corpus[5000:5600]
-    assert tok(text).input_ids == ours_tok.encode(text)
-    assert tok.decode(tok(text).input_ids) == ours_tok.decode(ours_tok.encode(text)) == text
-    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2)
-    x = torch.randint(0, 400, (2, 32))
-    with torch.no_grad():
-        assert (model(x) - hf(x).logits).abs().max().item() < 1e-4
-
-
 @pytest.mark.parametrize("overrides, reason", [
     (["model.bitlinear=true", "model.bitlinear_group_size=16"], "BitLinear layers (ternary weights with a float "
                                                                  "scale per 16 inputs"),
@@ -124,11 +98,6 @@ def test_unmappable_tokenizer_and_flags(tmp_path, capsys):
     from trainframe.errors import UserError
     from trainframe.hf_export import _hf_tokenizer
 
-    comp = current().registry.get("tokenizer", "schema") if "schema" in current().registry.components[
-        "tokenizer"] else None
-    if comp is not None:
-        with pytest.raises(UserError, match="tokenizer 'schema' has no transformers form: it encodes a workflow"):
-            _hf_tokenizer(comp.factory(comp.config.model_validate({})), "schema")
     with pytest.raises(UserError, match="no transformers form: object has no hf_tokenizer"):
         _hf_tokenizer(object(), "mine")
 

@@ -115,7 +115,10 @@ def _hub_error(src: SourceConfig, where: str, reason: str) -> UserError:
 def open_rows(src: SourceConfig, where: str):
     """The source's rows: a ``datasets`` (Iterable)Dataset, for local files read through
     ``_local_rows``. Bad names and an unreachable hub become one-line UserErrors naming the source."""
-    import datasets  # lazy: only preparing and tokenizer training read sources
+    try:
+        import datasets  # lazy: only preparing and tokenizer training read sources
+    except ModuleNotFoundError as e:
+        raise UserError(f"{where}: reading text sources needs {e.name}: pip install 'trainframe[text]'") from None
 
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()

@@ -70,6 +70,16 @@ def _entry_points():
     return sorted(metadata.entry_points(group=GROUP), key=lambda ep: ep.name)
 
 
+def _extra_hint(ep, error: Exception) -> str:
+    """' (pip install 'DIST[EXTRA]')' for a missing module of a plugin whose distribution has an
+    extra named after it (trainframe_text -> trainframe[text]): the first-party plugins' case."""
+    if not isinstance(error, ModuleNotFoundError) or ep.dist is None:
+        return ""
+    dist = ep.dist.metadata["Name"]
+    extra = ep.name.removeprefix(dist.replace("-", "_") + "_")
+    return f" (pip install '{dist}[{extra}]')" if extra in (ep.dist.metadata.get_all("Provides-Extra") or []) else ""
+
+
 def load_plugins(extra: list[tuple[str, object]] | None = None) -> Plugins:
     """Build the plugin manager and the registry. ``extra``: (name, module) pairs, for tests."""
     from trainframe import __version__, builtin
@@ -89,7 +99,7 @@ def load_plugins(extra: list[tuple[str, object]] | None = None) -> Plugins:
             module = ep.load()
         except Exception as e:  # a broken plugin must not take the others down
             plugins.info.append(PluginInfo(ep.name, version, ep.value,
-                                           f"failed to load: {type(e).__name__}: {e}"))
+                                           f"failed to load: {type(e).__name__}: {e}{_extra_hint(ep, e)}"))
             continue
         candidates.append((ep.name, version, ep.value, module))
     for name, module in extra or []:
