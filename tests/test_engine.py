@@ -105,6 +105,23 @@ def test_corrupt_checkpoint_falls_back(plugins, tiny_config, tmp_path, capsys):
         ckpt.load(second)
 
 
+def test_loop_counters_are_one_object_with_the_checkpoint_keys_they_had(plugins, tiny_config, tmp_path):
+    """``trainer.loop`` holds the counters; ``trainer.step`` and the others read and write it, and a
+    checkpoint's ``loop`` entry has the keys it always had, so older checkpoints load the same."""
+    trainer = make_trainer(plugins, tiny_config, tmp_path / "run", "trainer.grad_accum=2")
+    trainer.train_step()
+    assert trainer.state_dict()["loop"] == {
+        "step": 1, "tokens_seen": trainer.tokens_seen, "best_val": float("inf"), "bad_steps": 0,
+        "bad_steps_total": 0, "backward_passes": 2, "max_steps": trainer.max_steps, "phase": "full", "world_size": 1}
+    older = {"step": 7, "tokens_seen": 896, "best_val": 2.5, "bad_steps": 1, "bad_steps_total": 3,
+             "backward_passes": 14, "max_steps": 20, "phase": "full", "world_size": 1}
+    trainer.loop.load_state_dict(older)
+    assert (trainer.step, trainer.tokens_seen, trainer.best_val, trainer.bad_steps, trainer.bad_steps_total,
+            trainer.backward_passes, trainer.phase.value) == (7, 896, 2.5, 1, 3, 14, "full")
+    trainer.step += 1
+    assert trainer.state_dict()["loop"] == {**older, "step": 8, "max_steps": trainer.max_steps}
+
+
 def test_checkpoint_of_another_layout_is_one_line(plugins, tiny_config, tmp_path):
     # Weights from before the fused qkv load (the model converts them) but the optimizer state holds
     # three tensors where the model now has one: a clear error, not a traceback.

@@ -4,10 +4,12 @@ import json
 import math
 
 import pytest
+import torch
 from support import SHAKESPEARE
 from test_export import train_run
 
 from trainframe.cli import main
+from trainframe.engine import evaluation
 from trainframe.export import export_run
 
 
@@ -19,6 +21,22 @@ def run(tmp_path_factory):
 def eval_json(capsys, *args):
     assert main(["eval", *map(str, args), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def test_one_eval_module_weights_batches_by_counted_targets():
+    """The loop's eval and ``trainframe eval`` both sum here: each batch's mean loss times its counted
+    targets (-1: padding), so the mean is over tokens, not batches."""
+    def forward(x, y):  # a batch's mean loss: here the value its inputs carry
+        return x.float().mean()
+
+    batches = [(torch.full((1, 4), 2.0), torch.tensor([[1, 2, -1, -1]])),
+               (torch.full((1, 4), 5.0), torch.tensor([[1, 2, 3, 4]]))]
+    for dtype in (torch.float32, torch.float64):
+        sums = evaluation.loss_sums(forward, batches, torch.device("cpu"), dtype)
+        assert sums.dtype == dtype and sums.tolist() == [2 * 2 + 5 * 4, 6]
+    assert evaluation.scores(math.log(4)) == {"loss": math.log(4), "ppl": pytest.approx(4)}
+    assert evaluation.scores(math.log(4), chars_per_token=2.0)["bpc"] == pytest.approx(1.0)
+    assert evaluation.scores(1e4)["ppl"] == math.exp(50)  # capped, not an overflow
 
 
 def test_eval_matches_the_training_loop(run, capsys):

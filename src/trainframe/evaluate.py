@@ -1,7 +1,7 @@
 """``trainframe eval``: loss, perplexity and bits per character of a run or an export, no training.
 
-The numbers are computed the way the training loop's eval computes them (token-weighted mean
-cross-entropy, bf16 autocast on CUDA), so ``val_loss`` in a run's metrics.jsonl and ``eval`` of
+The numbers come from the training loop's eval code (``trainframe.engine.evaluation``: token-weighted
+mean cross-entropy; bf16 autocast on CUDA), so ``val_loss`` in a run's metrics.jsonl and ``eval`` of
 the same checkpoint agree.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from trainframe.engine import evaluation
 from trainframe.errors import UserError
 
 
@@ -60,18 +61,24 @@ def evaluate(model, batches, device: torch.device, progress=None) -> tuple[float
     """(mean loss over counted target tokens, tokens, batches)."""
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
-    loss_sum, count, n = torch.zeros((), device=device), 0, 0
-    for batch in batches:
-        x, y, *packed = (t.to(device) for t in batch)  # packed: (inputs, targets, positions)
-        k = int((batch[1] != -1).sum())  # counted on the CPU batch: no wait for the device per batch
+    n = 0
+
+    def on_device():
+        nonlocal n
+        for batch in batches:
+            yield tuple(t.to(device) for t in batch)
+            n += 1  # resumed once the batch's loss is queued
+            if progress:
+                progress(n)
+
+    def forward(x, y, positions=None):  # a packed batch: (inputs, targets, positions)
         with autocast:
-            loss = model(x, y, positions=packed[0]) if packed else model(x, y)
-        loss_sum += loss.float() * k
-        count += k
-        n += 1
-        if progress:
-            progress(n)
-    return (float(loss_sum) / count if count else math.nan), count, n
+            return model(x, y) if positions is None else model(x, y, positions=positions)
+
+    # float64: the token count of a whole val split stays exact
+    loss_sum, count = evaluation.loss_sums(forward, on_device(), device, torch.float64).tolist()
+    count = int(count)
+    return (loss_sum / count if count else math.nan), count, n
 
 
 def _source(path: Path, checkpoint: Path | None, packed: bool) -> str:
@@ -116,12 +123,10 @@ def eval_main(args: argparse.Namespace) -> int:
     if n == 0 or tokens == 0:
         raise UserError(f"{data_cfg.data['name']} dataset: the {args.split} split has no tokens to evaluate "
                         "(raise data.val_fraction?)")
+    scores = evaluation.scores(loss, getattr(dataset, "chars_per_token", None) if args.split == "val" else None)
     result = {"path": str(args.path), "source": _source(args.path, checkpoint, args.packed),
               "dataset": data_cfg.data["name"], "split": args.split, "batches": n, "tokens": tokens,
-              "loss": loss, "perplexity": math.exp(min(loss, 50))}
-    chars_per_token = getattr(dataset, "chars_per_token", None)
-    if chars_per_token and args.split == "val":
-        result["bpc"] = loss / math.log(2) / chars_per_token
+              **{"perplexity" if k == "ppl" else k: v for k, v in scores.items()}}  # loss, perplexity, bpc
     if args.json:
         print(json.dumps(result))
         return 0

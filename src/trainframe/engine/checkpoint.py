@@ -153,6 +153,19 @@ def load_checkpoint(run_dir: Path, which: str = "latest", map_location="cpu") ->
     return path, load(path, map_location)
 
 
+def load_into(model, optimizer, state: dict) -> None:
+    """A ``.pt`` checkpoint's model and optimizer state into the model and optimizer of this process
+    (under FSDP2: ``sharded.load_full_state``)."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as e:  # another model shape, or weights from an older layout
+        first = str(e).strip().splitlines()[0]
+        step = state["loop"]["step"]
+        raise UserError(f"checkpoint at step {step} does not fit this run's model and optimizer ({first}); "
+                        "resume it with the config and trainframe version that wrote it") from None
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {

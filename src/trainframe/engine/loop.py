@@ -20,23 +20,33 @@ One call of :meth:`Trainer.fit` runs, with hooks (``trainframe_*``) in this orde
     fit_end                                        (exception first, if one escaped)
 
 ``step`` in metrics and checkpoints counts completed steps: row ``step: 10`` is after 10 steps.
+The loop's counters (step, tokens_seen, best_val, bad_steps, bad_steps_total, backward_passes,
+phase) are one object, ``Trainer.loop`` (``engine/state.py``): a checkpoint's ``loop`` entry.
+``trainer.step`` and the others read and write it.
 
 SIGINT (Ctrl-C) or SIGTERM: the step finishes, a checkpoint is written, ``fit`` returns
 ``interrupted`` (``stop_signal`` says which); under data parallelism the ranks agree on it, and
 on a checkpoint due by the clock, at the next log step (``flush``).
 
-No host sync in the hot path: with an optimizer that can skip an update on the device (fused
-AdamW, the CUDA default) and a controller that does not read each step's outcome, the finite
-check runs on the device and the loss, grad norm and skip counts are read back once per log step
-(``Trainer.flush``). Between log steps ``step_end`` sees the loss and grad norm as 0-dim device
-tensors; a run of ``max_bad_steps`` NaN steps is noticed at the next log step. Otherwise (other
-optimizers, controllers whose ``wants_host_values`` is true) they are read back every step.
+No host sync in the hot path. What a NaN/Inf step does is one policy, chosen once
+(``Trainer.nonfinite``, ``engine/nonfinite.py``): with an optimizer that can skip an update on the
+device (fused AdamW, the CUDA default) and a controller that does not read each step's outcome,
+``DeviceSkip``: the finite check runs on the device and the loss, grad norm and skip counts are read
+back once per log step (``Trainer.flush``). Between log steps ``step_end`` sees the loss and grad
+norm as 0-dim device tensors; a run of ``max_bad_steps`` NaN steps is noticed at the next log step.
+Otherwise (other optimizers, controllers whose ``wants_host_values`` or ``wants_update_norms`` is
+true, FSDP2), ``HostCheck``: they are read back every step.
+
+Eval (``Trainer.evaluate``) is the token-weighted mean loss over the val batches, with its
+perplexity and bits per character, computed by ``engine/evaluation.py`` as ``trainframe eval`` does.
 
 A batch is ``(inputs, targets)`` or, from a packed dataset, ``(inputs, targets, positions)``;
 ``Trainer.forward`` builds a packed batch's document mask outside torch.compile.
 
 Training batches are made in a background thread while the device computes
 (``trainframe.engine.prefetch``); checkpoints hold the data position of the batches trained on.
+Checkpoint files are ``engine/checkpoint.py``'s; under FSDP2, sharded ones and the model and
+optimizer state dicts are ``engine/sharded.py``'s.
 
 Under data parallelism (``trainframe.engine.distributed``) every rank runs this loop on its shard
 of the data; the loss is the mean over ranks, loggers and checkpoint writes are on rank 0 only.
@@ -55,24 +65,15 @@ import torch
 
 from trainframe.config import RunConfig
 from trainframe.engine import checkpoint as ckpt
-from trainframe.engine import distributed
+from trainframe.engine import distributed, evaluation
+from trainframe.engine import sharded as sharded_ckpt
 from trainframe.engine.distributed import World
+from trainframe.engine.nonfinite import DeviceSkip, HostCheck, skips_on_device
 from trainframe.engine.prefetch import Prefetcher
+from trainframe.engine.state import LoopState, forwarded
 from trainframe.errors import UserError
 from trainframe.logging import truncate_metrics
 from trainframe.phases import Phase, PhaseController, StepOutcome
-
-
-def skips_on_device(optimizer) -> bool:
-    """Whether the optimizer skips a step whose ``found_inf`` flag (a 0-dim device tensor) is set,
-    without a host sync: fused Adam/AdamW, an optimizer that says so (``skips_on_device = True``,
-    e.g. ``StackedMuon``), or a combined optimizer all of whose members do."""
-    members = getattr(optimizer, "optimizers", None)
-    if members is not None:
-        return all(skips_on_device(m) for m in members)
-    if getattr(optimizer, "skips_on_device", False) is True:
-        return True
-    return isinstance(optimizer, torch.optim.Adam) and bool(optimizer.defaults.get("fused"))
 
 
 class TrainingStopped(Exception):
@@ -92,6 +93,10 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 class Trainer:
+    # The counters live in ``self.loop``; these names are what callbacks and plugins read.
+    step, tokens_seen, best_val, bad_steps, bad_steps_total, backward_passes, phase = map(
+        forwarded, ("step", "tokens_seen", "best_val", "bad_steps", "bad_steps_total", "backward_passes", "phase"))
+
     def __init__(self, config: RunConfig, plugins, run_dir: Path, *, model, tokenizer, dataset, optimizer,
                  schedule, controller: PhaseController, listeners: list, device: torch.device,
                  world: World | None = None, wrapped_model=None):
@@ -119,7 +124,7 @@ class Trainer:
         # (Not under FSDP2: its sharded parameters and a plain found_inf flag do not mix in the kernel.)
         self.defer_sync = (skips_on_device(optimizer) and not controller.wants_update_norms
                            and not controller.wants_host_values and not self.sharded)
-        self._pending: list[torch.Tensor] = []  # per step: (loss, grad norm, skipped), on the device
+        self.nonfinite = DeviceSkip() if self.defer_sync else HostCheck()
         self._batches: Prefetcher | None = None  # the training batches while fit() runs
         self.stop_signal: int | None = None  # SIGINT or SIGTERM, once one arrived
         self._last_save = time.monotonic()  # of a step checkpoint, for save_every_minutes
@@ -130,21 +135,15 @@ class Trainer:
         self.context = model.config.context
         self.flops_per_token = model.flops_per_token() if hasattr(model, "flops_per_token") else None
         self.peak_flops = peak_flops(device)
-        self.step = 0
-        self.tokens_seen = 0
-        self.bad_steps = 0  # consecutive
-        self.bad_steps_total = 0
-        self.best_val = math.inf
-        self.phase: Phase | None = None
+        self.loop = LoopState()
         self.stop_reason: str | None = None
-        self.backward_passes = 0
         self._window_start = (time.perf_counter(), 0)  # (time, tokens) where tokens/s is measured from
 
     # ------------------------------------------------------------------------------------ the fit
     def fit(self, finish: bool = True) -> str:
         """Train to ``max_steps`` (or until stopped). Returns why it ended: done, interrupted.
         ``finish=False`` leaves out the final eval, checkpoint and sample (the throughput benchmark)."""
-        t = self.config.trainer
+        t, loop = self.config.trainer, self.loop
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._attach_listeners()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -154,16 +153,16 @@ class Trainer:
             # Started after fit_start, any resume and the controller's start, so it reads ahead from
             # the restored position.
             self._batches = Prefetcher(self.dataset, t.batch_size, depth=2 * t.grad_accum, device=self.device)
-            self._window_start = (time.perf_counter(), self.tokens_seen)
+            self._window_start = (time.perf_counter(), loop.tokens_seen)
             self._last_save = time.monotonic()
-            while self.step < self.max_steps and self.stop_reason is None:
+            while loop.step < self.max_steps and self.stop_reason is None:
                 self.train_step()
-                if t.eval_every and self.step % t.eval_every == 0 and self.step < self.max_steps:
+                if t.eval_every and loop.step % t.eval_every == 0 and loop.step < self.max_steps:
                     self.evaluate()
-                    self._window_start = (time.perf_counter(), self.tokens_seen)  # tokens/s counts training only
-                if self._checkpoint_due() and self.step < self.max_steps:
+                    self._window_start = (time.perf_counter(), loop.tokens_seen)  # tokens/s counts training only
+                if self._checkpoint_due() and loop.step < self.max_steps:
                     self.save()
-                    self._window_start = (time.perf_counter(), self.tokens_seen)
+                    self._window_start = (time.perf_counter(), loop.tokens_seen)
             self.flush()
             if finish:
                 if self.stop_reason is None:
@@ -186,7 +185,7 @@ class Trainer:
         if self.stop_reason == "nonfinite":
             raise TrainingStopped(
                 f"stopped after {t.max_bad_steps} consecutive steps with a NaN/Inf loss or gradient at step "
-                f"{self.step}; the last good weights are in {ckpt.step_path(self.run_dir / 'checkpoints', self.step)}"
+                f"{loop.step}; the last good weights are in {ckpt.step_path(self.run_dir / 'checkpoints', loop.step)}"
                 " (lower optim.lr or raise trainer.grad_clip)")
         return self.stop_reason or "done"
 
@@ -221,7 +220,7 @@ class Trainer:
         passed since the last (one clock read per step, on the host; under data parallelism as the
         ranks agreed at the last log step, so that all save at the same step)."""
         t = self.config.trainer
-        if t.save_every and self.step % t.save_every == 0:
+        if t.save_every and self.loop.step % t.save_every == 0:
             return True
         return self._save_agreed if self.world.distributed else self._minutes_due()
 
@@ -231,15 +230,14 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- one step
     def train_step(self) -> None:
-        t = self.config.trainer
-        step = self.step
-        phase, reason = self.controller.decide(step)
-        if self.phase is not None and phase != self.phase:
-            self.hook.trainframe_phase_change(trainer=self, step=step, old=self.phase.value, new=phase.value,
+        t, loop = self.config.trainer, self.loop
+        phase, reason = self.controller.decide(loop.step)
+        if loop.phase is not None and phase != loop.phase:
+            self.hook.trainframe_phase_change(trainer=self, step=loop.step, old=loop.phase.value, new=phase.value,
                                               reason=reason)
-        self.phase = phase
-        lr = self._set_lr(step)
-        self.hook.trainframe_step_start(trainer=self, step=step, phase=phase.value)
+        loop.phase = phase
+        lr = self._set_lr(loop.step)
+        self.hook.trainframe_step_start(trainer=self, step=loop.step, phase=phase.value)
         batches = [self._to_device(self._next_batch()) for _ in range(t.grad_accum)]
         batches = self.controller.batches_for(phase, batches)
 
@@ -247,23 +245,37 @@ class Trainer:
         if phase == Phase.FULL:
             loss, grad_norm, update_norms = self._full_step(batches, row_losses)
         else:
-            loss, grad_norm, update_norms = self._forward_only(batches, row_losses), None, {}
-        tokens = sum(int(b[0].numel()) for b in batches) * self.world.size  # every rank's
-        self.tokens_seen += tokens
-        outcome = StepOutcome(step, phase, loss, lr, grad_norm, update_norms, batches, row_losses or [])
+            with torch.no_grad():
+                loss = self.nonfinite.reported(self._losses(batches, backward=False, row_losses=row_losses))
+            grad_norm, update_norms = None, {}
+        loop.tokens_seen += sum(int(b[0].numel()) for b in batches) * self.world.size  # every rank's
+        outcome = StepOutcome(loop.step, phase, loss, lr, grad_norm, update_norms, batches, row_losses or [])
         metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "phase": phase.value}
         metrics.update(self.controller.observe(outcome, self) or {})
-        self.step += 1
-        self.hook.trainframe_step_end(trainer=self, step=self.step, metrics=metrics)
-        if self.step % t.log_every == 0 or self.step == self.max_steps:
+        loop.step += 1
+        self.hook.trainframe_step_end(trainer=self, step=loop.step, metrics=metrics)
+        if loop.step % t.log_every == 0 or loop.step == self.max_steps:
             self.flush()
-            self._log_train({**metrics, **{k: float(metrics[k]) for k in ("loss", "grad_norm")
-                                          if isinstance(metrics[k], torch.Tensor)}})
+            self._log_train(metrics)
 
-    def _next_batch(self):
-        if self._batches is not None:
-            return self._batches.next_batch()
-        return self.dataset.next_batch(self.config.trainer.batch_size)  # train_step outside fit()
+    def _full_step(self, batches, row_losses: list | None = None) -> tuple[float, float | None, dict]:
+        t = self.config.trainer
+        loss = self._losses(batches, backward=True, row_losses=row_losses)
+        self.loop.backward_passes += len(batches)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip is not None else math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        loss, grad_norm, update = self.nonfinite.check(self, loss, grad_norm.float())
+        update_norms = {}
+        if update:  # DeviceSkip: always, the optimizer skips on the device where found_inf is set
+            self.hook.trainframe_before_optimizer_step(trainer=self)
+            before = self._snapshot() if self.controller.wants_update_norms else None
+            self.optimizer.step()
+            if before is not None:
+                update_norms = self._update_norms(before)
+            self.hook.trainframe_after_optimizer_step(trainer=self)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, update_norms
 
     def _losses(self, batches, backward: bool, row_losses: list | None = None) -> torch.Tensor:
         """The step's loss over its micro-batches, running backward per micro-batch when asked.
@@ -303,6 +315,25 @@ class Trainer:
         with self.autocast:
             return self.forward_model(x, y, **packed)
 
+    def flush(self) -> None:
+        """Read back the deferred per-step values (one host sync) and settle the skip counters;
+        under data parallelism also agree on a stop signal and on a checkpoint due by the clock
+        (any rank's), so every rank stops and saves after the same step."""
+        self.nonfinite.flush(self)
+        if self.world.distributed:
+            flags = torch.tensor([self.stop_signal == signal.SIGINT, self.stop_signal == signal.SIGTERM,
+                                  self._minutes_due()], dtype=torch.float32, device=self.device)
+            sigint, sigterm, save_due = distributed.total(flags, self.world).tolist()
+            if sigint or sigterm:
+                self.stop_signal = signal.SIGTERM if sigterm else signal.SIGINT
+                self.stop_reason = self.stop_reason or "interrupted"
+            self._save_agreed = save_due > 0
+
+    def _next_batch(self):
+        if self._batches is not None:
+            return self._batches.next_batch()
+        return self.dataset.next_batch(self.config.trainer.batch_size)  # train_step outside fit()
+
     def _grad_sync(self, sync: bool):
         """Gradients are reduced across ranks on the last micro-batch only (``no_sync`` before)."""
         if not self.world.distributed or sync:
@@ -313,76 +344,6 @@ class Trainer:
             self.wrapped_model.set_requires_gradient_sync(False)
             return contextlib.nullcontext()
         return self.wrapped_model.no_sync()
-
-    def _full_step(self, batches, row_losses: list | None = None) -> tuple[float, float | None, dict]:
-        t = self.config.trainer
-        loss_sum = self._losses(batches, backward=True, row_losses=row_losses)
-        self.backward_passes += len(batches)
-        clip = t.grad_clip if t.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
-            grad_norm = grad_norm.full_tensor()
-        grad_norm = grad_norm.float()
-        if self.defer_sync:
-            skipped = (~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))).float()
-            self.optimizer.found_inf = skipped  # the fused kernel leaves weights and moments as they are
-            self.hook.trainframe_before_optimizer_step(trainer=self)
-            self.optimizer.step()
-            self.hook.trainframe_after_optimizer_step(trainer=self)
-            self.optimizer.zero_grad(set_to_none=True)
-            self._pending.append(torch.stack([loss_sum, grad_norm, skipped]))
-            return loss_sum, grad_norm, {}
-        # One host sync per step, for the loss, the grad norm and the finite check together.
-        loss_value, norm_value = torch.stack([loss_sum, grad_norm]).tolist()
-        update_norms = {}
-        if math.isfinite(loss_value) and math.isfinite(norm_value):
-            self.bad_steps = 0
-            self.hook.trainframe_before_optimizer_step(trainer=self)
-            before = self._snapshot() if self.controller.wants_update_norms else None
-            self.optimizer.step()
-            if before is not None:
-                update_norms = self._update_norms(before)
-            self.hook.trainframe_after_optimizer_step(trainer=self)
-        else:
-            self._count_bad(self.step + 1)
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, norm_value, update_norms
-
-    def _count_bad(self, step: int) -> None:
-        self.bad_steps += 1
-        self.bad_steps_total += 1
-        if self.world.is_main:
-            print(f"trainframe: step {step}: non-finite loss or gradient, update skipped "
-                  f"({self.bad_steps} in a row)", file=sys.stderr, flush=True)
-        if self.bad_steps >= self.config.trainer.max_bad_steps:
-            self.stop_reason = "nonfinite"
-
-    def flush(self) -> None:
-        """Read back the deferred per-step values (one host sync) and settle the skip counters;
-        under data parallelism also agree on a stop signal and on a checkpoint due by the clock
-        (any rank's), so every rank stops and saves after the same step."""
-        if self._pending:
-            rows = torch.stack(self._pending).tolist()
-            first = self.step - len(rows) + 1
-            self._pending = []
-            for i, (_, _, skipped) in enumerate(rows):
-                if skipped:
-                    self._count_bad(first + i)
-                else:
-                    self.bad_steps = 0
-        if self.world.distributed:
-            flags = torch.tensor([self.stop_signal == signal.SIGINT, self.stop_signal == signal.SIGTERM,
-                                  self._minutes_due()], dtype=torch.float32, device=self.device)
-            sigint, sigterm, save_due = distributed.total(flags, self.world).tolist()
-            if sigint or sigterm:
-                self.stop_signal = signal.SIGTERM if sigterm else signal.SIGINT
-                self.stop_reason = self.stop_reason or "interrupted"
-            self._save_agreed = save_due > 0
-
-    @torch.no_grad()
-    def _forward_only(self, batches, row_losses: list | None = None):
-        loss = self._losses(batches, backward=False, row_losses=row_losses)
-        return loss if self.defer_sync else loss.item()
 
     def apply_weight_delta(self, deltas, alpha: float = 1.0) -> None:
         """The one way a phase controller changes weights: ``p += alpha * delta`` for each
@@ -430,18 +391,20 @@ class Trainer:
         return peak(self.device) / 1e9
 
     def _log_train(self, metrics: dict) -> None:
-        now = time.perf_counter()
+        """A log step's row; the loss and grad norm as floats (device tensors under ``DeviceSkip``)."""
+        loop, now = self.loop, time.perf_counter()
         t0, tok0 = self._window_start
-        tokens_per_s = (self.tokens_seen - tok0) / max(now - t0, 1e-9)
-        self._window_start = (now, self.tokens_seen)
-        row = {**metrics, "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s,
-               "backward_passes": self.backward_passes, "skipped_steps": self.bad_steps_total}
+        tokens_per_s = (loop.tokens_seen - tok0) / max(now - t0, 1e-9)
+        self._window_start = (now, loop.tokens_seen)
+        floats = {k: float(metrics[k]) for k in ("loss", "grad_norm") if isinstance(metrics[k], torch.Tensor)}
+        row = {**metrics, **floats, "tokens": loop.tokens_seen, "tokens_per_s": tokens_per_s,
+               "backward_passes": loop.backward_passes, "skipped_steps": loop.bad_steps_total}
         mfu = self.mfu(tokens_per_s)
         if mfu is not None:
             row["mfu"] = mfu
         if self.device.type == "cuda":
             row["peak_mem_gb"] = self.peak_mem_gb()
-        self.hook.trainframe_log(trainer=self, step=self.step, metrics=row)
+        self.hook.trainframe_log(trainer=self, step=loop.step, metrics=row)
 
     # ----------------------------------------------------------------------------- eval, sample
     @torch.no_grad()
@@ -458,29 +421,19 @@ class Trainer:
         self.model.train()
         if count == 0:
             return None
-        val_loss = loss_sum / count
-        metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
-        chars_per_token = getattr(self.dataset, "chars_per_token", None)
-        if chars_per_token:  # bits per character: comparable across tokenizers
-            metrics["val_bpc"] = val_loss / math.log(2) / chars_per_token
-        self.hook.trainframe_eval_end(trainer=self, step=self.step, metrics=metrics)
-        self.hook.trainframe_log(trainer=self, step=self.step, metrics=dict(metrics))
-        if val_loss < self.best_val:
-            self.best_val = val_loss
+        scores = evaluation.scores(loss_sum / count, getattr(self.dataset, "chars_per_token", None))
+        metrics = {f"val_{k}": v for k, v in scores.items()}  # val_loss, val_ppl, val_bpc
+        self.hook.trainframe_eval_end(trainer=self, step=self.loop.step, metrics=metrics)
+        self.hook.trainframe_log(trainer=self, step=self.loop.step, metrics=dict(metrics))
+        if metrics["val_loss"] < self.loop.best_val:
+            self.loop.best_val = metrics["val_loss"]
             self.save(self.run_dir / "checkpoints" / "best.pt")
         return metrics
 
-    @torch.no_grad()
     def loss_sums(self, batches) -> torch.Tensor:
         """(loss x counted targets, counted targets) over ``batches``, this rank's, on the device
         (no host sync: the caller reads it back once)."""
-        sums = torch.zeros(2, device=self.device)
-        for batch in batches:
-            batch = self._to_device(batch)
-            loss = self.forward(*batch)
-            n = (batch[1] != -1).sum()
-            sums += torch.stack([loss.float() * n, n.float()])
-        return sums
+        return evaluation.loss_sums(self.forward, map(self._to_device, batches), self.device)
 
     @torch.no_grad()
     def sample(self) -> str | None:
@@ -509,8 +462,8 @@ class Trainer:
         if not isinstance(text, str) or not self.world.is_main:  # structured decodes sample elsewhere
             return None
         with open(self.run_dir / "samples.txt", "a") as f:
-            f.write(f"--- step {self.step}, prompt {t.sample_prompt!r}\n{t.sample_prompt}{text}\n")
-        self.hook.trainframe_sample(trainer=self, step=self.step, prompt=t.sample_prompt, text=text)
+            f.write(f"--- step {self.loop.step}, prompt {t.sample_prompt!r}\n{t.sample_prompt}{text}\n")
+        self.hook.trainframe_sample(trainer=self, step=self.loop.step, prompt=t.sample_prompt, text=text)
         return text
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -518,21 +471,8 @@ class Trainer:
         """The whole run state. Under FSDP2 every rank must call this (it gathers the shards), unless
         ``sharded``: then model and optimizer are this rank's shards (DTensors, as
         torch.distributed.checkpoint writes them) and the rest is this rank's own (no collective)."""
-        if sharded and self.sharded:
-            from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-            model_state = get_model_state_dict(self.model)
-            optim_state = get_optimizer_state_dict(self.model, self.optimizer)
-        elif self.sharded:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                get_model_state_dict,
-                get_optimizer_state_dict,
-            )
-
-            full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model_state = get_model_state_dict(self.model, options=full)
-            optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=full)
+        if self.sharded:
+            model_state, optim_state = sharded_ckpt.model_optimizer_state(self.model, self.optimizer, full=not sharded)
         else:
             model_state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
         rng = ckpt.rng_state()
@@ -545,10 +485,7 @@ class Trainer:
         return {
             "model": model_state,
             "optimizer": optim_state,
-            "loop": {"step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
-                     "bad_steps": self.bad_steps, "bad_steps_total": self.bad_steps_total,
-                     "backward_passes": self.backward_passes, "max_steps": self.max_steps,
-                     "phase": self.phase.value if self.phase else None, "world_size": self.world.size},
+            "loop": {**self.loop.state_dict(), "max_steps": self.max_steps, "world_size": self.world.size},
             "data": self._batches.state_dict() if self._batches is not None else self.dataset.state_dict(),
             "rng": rng,  # rank 0's: the single-process format, and what checkpoints without rng_ranks hold
             **extra,
@@ -566,7 +503,7 @@ class Trainer:
         state = self.state_dict()
         self.hook.trainframe_save_checkpoint(trainer=self, state=state)
         ckpt_dir = self.run_dir / "checkpoints"
-        target = path or ckpt.step_path(ckpt_dir, self.step)
+        target = path or ckpt.step_path(ckpt_dir, self.loop.step)
         if self.world.is_main:
             ckpt.save_atomic(state, target)
             if path is None:
@@ -577,18 +514,16 @@ class Trainer:
         return target
 
     def _save_sharded(self, path: Path | None) -> Path:
-        from trainframe.engine import sharded
-
         state = self.state_dict(sharded=True)
         self.hook.trainframe_save_checkpoint(trainer=self, state=state)
         shards = {key: state.pop(key) for key in ("model", "optimizer")}
         ckpt_dir = self.run_dir / "checkpoints"
-        target = ckpt.sharded_path(path) if path else ckpt.step_path(ckpt_dir, self.step, sharded=True)
+        target = ckpt.sharded_path(path) if path else ckpt.step_path(ckpt_dir, self.loop.step, sharded=True)
         # In the background while training goes on; the fit's last save (and one outside fit) completes here.
-        last = self._batches is None or self.step >= self.max_steps or self.stop_reason is not None
+        last = self._batches is None or self.loop.step >= self.max_steps or self.stop_reason is not None
         if "_dcp_writer" not in self.__dict__:
-            self._dcp_writer = sharded.Writer(self.world)
-        self._dcp_writer.save(shards, {**state, "format": sharded.FORMAT}, target,
+            self._dcp_writer = sharded_ckpt.Writer(self.world)
+        self._dcp_writer.save(shards, {**state, "format": sharded_ckpt.FORMAT}, target,
                               keep_last=None if path else self.config.trainer.keep_last, wait=last)
         distributed.barrier(self.world)
         if path is None:
@@ -603,35 +538,16 @@ class Trainer:
         if saved_world != self.world.size:
             raise UserError(f"checkpoint at step {loop['step']} was written by {saved_world} process(es); "
                             f"resume it with the same number (this run has {self.world.size})")
-        if state.get("format") == "dcp":
-            from trainframe.engine import sharded
-
+        if state.get("format") == sharded_ckpt.FORMAT:
             if not self.sharded or path is None:
                 raise UserError(f"checkpoint at step {loop['step']} is sharded (trainer.distributed=fsdp2); resume "
                                 "it with trainer.distributed=fsdp2, or read it with eval or export")
-            sharded.load_into(path, self.model, self.optimizer, loop["step"])
+            sharded_ckpt.load_into(path, self.model, self.optimizer, loop["step"])
         elif self.sharded:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                set_model_state_dict,
-                set_optimizer_state_dict,
-            )
-
-            full = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.model, state["model"], options=full)
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=full)
+            sharded_ckpt.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         else:
-            try:
-                self.model.load_state_dict(state["model"])
-                self.optimizer.load_state_dict(state["optimizer"])
-            except (RuntimeError, ValueError) as e:  # another model shape, or weights from an older layout
-                first = str(e).strip().splitlines()[0]
-                raise UserError(f"checkpoint at step {loop['step']} does not fit this run's model and optimizer "
-                                f"({first}); resume it with the config and trainframe version that wrote it") from None
-        self.step, self.tokens_seen, self.best_val = loop["step"], loop["tokens_seen"], loop["best_val"]
-        self.bad_steps, self.bad_steps_total = loop["bad_steps"], loop["bad_steps_total"]
-        self.backward_passes = loop["backward_passes"]
-        self.phase = Phase(loop["phase"]) if loop["phase"] else None
+            ckpt.load_into(self.model, self.optimizer, state)
+        self.loop.load_state_dict(loop)
         self.dataset.load_state_dict(state["data"])
         self.controller.load_state_dict(state["controller"])
         # Rank r gets rank r's states back. Its CUDA entry holds every visible device's state as rank r
@@ -645,17 +561,15 @@ class Trainer:
         # On the CPU first: RNG states must stay CPU tensors; model and optimizer loads move the rest.
         loader = None
         if self.sharded:  # a sharded checkpoint: this rank's metadata now, its shards in load_state_dict
-            from trainframe.engine import sharded
-
-            sharded.drain()  # a save of this process still being written
+            sharded_ckpt.drain()  # a save of this process still being written
 
             def loader(p: Path) -> dict:
-                return sharded.read_meta(p, self.world.rank) if p.is_dir() else ckpt.load(p)
+                return sharded_ckpt.read_meta(p, self.world.rank) if p.is_dir() else ckpt.load(p)
         path, state = ckpt.load_latest_good(self.run_dir / "checkpoints", loader=loader)
         self._attach_listeners()
         self.load_state_dict(state, path)
         if self.world.is_main:
-            truncate_metrics(self.run_dir, self.step)
+            truncate_metrics(self.run_dir, self.loop.step)
         return path, state["loop"]["max_steps"]
 
 

@@ -24,6 +24,9 @@ and optimizer (all ranks, the same world size); :func:`load_full` reads the whol
 tensors in one process, with no process group (``eval``, ``export``, ``generate``). DCP's
 ``.metadata`` and its non-tensor entries are pickles; they are read here with a restricted unpickler
 and ``torch.load(weights_only=True)``, as ``.pt`` checkpoints are.
+
+State dicts of an FSDP2 model and optimizer: :func:`model_optimizer_state` (this rank's shards, or
+gathered whole, as ``Trainer.state_dict()`` returns them) and :func:`load_full_state` (whole ones back).
 """
 
 from __future__ import annotations
@@ -51,6 +54,35 @@ def meta_name(rank: int) -> str:
 
 def is_sharded(path: Path) -> bool:
     return Path(path).is_dir()
+
+
+# ------------------------------------------------------------------------ FSDP2 state dicts
+def model_optimizer_state(model, optimizer, *, full: bool) -> tuple[dict, dict]:
+    """The state dicts of an FSDP2 model and its optimizer: this rank's shards (DTensors, as DCP
+    writes them; no collective), or with ``full`` the whole of each, gathered to the CPU (a
+    collective: every rank calls it)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True) if full else None
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_full_state(model, optimizer, model_state: dict, optim_state: dict) -> None:
+    """Every rank: the whole model and optimizer state (of a ``.pt`` checkpoint) into an FSDP2
+    model and its optimizer."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=full)
+    set_optimizer_state_dict(model, optimizer, optim_state, options=full)
 
 
 # --------------------------------------------------------------------------------------- saving

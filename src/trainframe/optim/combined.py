@@ -16,7 +16,7 @@ class CombinedOptimizer:
     form torch.distributed.checkpoint's ``get/set_optimizer_state_dict`` take under FSDP2.
 
     A NaN/Inf step is skipped by every member together: on the device, through ``found_inf``, when
-    every member can (fused AdamW, ``StackedMuon``: see ``skips_on_device`` in the loop), else by
+    every member can (fused AdamW, ``StackedMuon``: see ``skips_on_device`` in engine/nonfinite.py), else by
     the engine's host check of the loss and grad norm.
     """
 
