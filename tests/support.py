@@ -124,3 +124,28 @@ def train_tiny_run(tmp_path, name, *overrides, steps=12, save_every=None):
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     trainer.fit()
     return run_dir
+
+
+def first_party_plugins() -> list[str]:
+    """The entry-point plugins trainframe's own distribution installs."""
+    from importlib import metadata
+
+    from trainframe.plugins import GROUP
+
+    return sorted(ep.name for ep in metadata.entry_points(group=GROUP)
+                  if ep.dist is not None and ep.dist.metadata["Name"] == "trainframe")
+
+
+def core_plugins():
+    """A plugin manager of the core alone: the first-party plugins disabled (TRAINFRAME_DISABLE_PLUGINS)."""
+    from trainframe.plugins import load_plugins
+
+    before = os.environ.get("TRAINFRAME_DISABLE_PLUGINS")
+    os.environ["TRAINFRAME_DISABLE_PLUGINS"] = ",".join([*first_party_plugins(), *(before or "").split(",")])
+    try:
+        return load_plugins()
+    finally:
+        if before is None:
+            del os.environ["TRAINFRAME_DISABLE_PLUGINS"]
+        else:
+            os.environ["TRAINFRAME_DISABLE_PLUGINS"] = before

@@ -1,11 +1,10 @@
 """Configs: extends, overrides, and the exact one-line message for each kind of mistake."""
 
 import pytest
-from support import SHAKESPEARE, run_main
+from support import SHAKESPEARE, core_plugins, run_main
 
 from trainframe.config import load_config
 from trainframe.errors import UserError
-from trainframe.plugins import load_plugins
 
 BASE = f"""model: {{name: gpt, preset: tiny}}
 tokenizer: {{name: bytes}}
@@ -15,7 +14,7 @@ data: {{name: textfile, path: {SHAKESPEARE}}}
 
 @pytest.fixture(scope="module")
 def registry():
-    return load_plugins().registry
+    return core_plugins().registry
 
 
 def errors_of(tmp_path, registry, body, overrides=(), base=BASE):
@@ -51,7 +50,7 @@ BAD = [
     ("loggers: [{name: neptune}]",
      "x.yaml: loggers.0.name: unknown logger 'neptune'; registered: console, jsonl, mlflow, tensorboard, wandb"),
     ("loggers: [{name: jsonl, every: 3}]", "x.yaml: loggers.0.every: unknown key"),
-    ("phases: {name: ful}", "x.yaml: phases.name: unknown phases 'ful' (did you mean 'full'?); registered: extrapolate, full, hybrid, nowcast, outer, outer-gated, selective, skip"),
+    ("phases: {name: ful}", "x.yaml: phases.name: unknown phases 'ful' (did you mean 'full'?); registered: full"),
     ("data: {name: textfile, path: a.txt, val_fraction: 1.5}",
      "x.yaml: data.val_fraction: expected a number >= 0 and < 1, got 1.5"),
     ("data: tiny", "x.yaml: data: expected a mapping with a 'name' key, got 'tiny'"),

@@ -1,26 +1,17 @@
 """The core stands alone: with every plugin its own distribution ships disabled, it still trains."""
 
 import json
-from importlib import metadata
 
-from support import TINY_YAML
+from support import TINY_YAML, core_plugins, first_party_plugins
 
 from trainframe.config import load_config
 from trainframe.engine.build import build_trainer
-from trainframe.plugins import GROUP, load_plugins
 
 
-def first_party_plugins() -> list[str]:
-    """The entry-point plugins installed by trainframe's own distribution."""
-    return sorted(ep.name for ep in metadata.entry_points(group=GROUP)
-                  if ep.dist is not None and ep.dist.metadata["Name"] == "trainframe")
-
-
-def test_core_trains_with_first_party_plugins_disabled(tmp_path, monkeypatch):
+def test_core_trains_with_first_party_plugins_disabled(tmp_path):
     names = first_party_plugins()
     assert names  # the core test means something only if there are plugins to switch off
-    monkeypatch.setenv("TRAINFRAME_DISABLE_PLUGINS", ",".join(names))
-    plugins = load_plugins()
+    plugins = core_plugins()
     assert {p.name: p.status for p in plugins.info if p.name in names} == {n: "disabled" for n in names}
     owners = {c.plugin for table in plugins.registry.components.values() for c in table.values()}
     assert owners == {"trainframe"}

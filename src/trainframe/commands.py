@@ -564,7 +564,7 @@ def tokenizer_train_main(args: argparse.Namespace) -> int:
         if args.run_config is None:
             raise UserError("tokenizer train: give a run CONFIG (its tokenizer.name picks the kind) or --kind "
                             f"({', '.join(sorted(trainers)) or 'none registered'})")
-        kind = args.run_config.tokenizer["name"]
+        kind, _ = args.run_config.component("tokenizer")
         if kind not in trainers:
             raise UserError(f"{args.config}: tokenizer.name: '{kind}' has no trainer; pass --kind "
                             f"({', '.join(sorted(trainers)) or 'none registered'})")
