@@ -7,7 +7,7 @@ import torch
 from support import train_tiny_run
 
 from trainframe.cli import main
-from trainframe.commands import load_run_model
+from trainframe.runs import load_run_model
 from trainframe.export import export_run, load_export
 
 

@@ -8,7 +8,7 @@ import torch
 from support import TINY_YAML, train_tiny_run
 
 from trainframe.cli import main
-from trainframe.commands import load_run_model
+from trainframe.runs import load_run_model
 from trainframe.config import load_config
 from trainframe.export import load_export
 from trainframe.plugins import current

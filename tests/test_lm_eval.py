@@ -10,7 +10,7 @@ import torch
 from support import SHAKESPEARE, train_tiny_run
 
 from trainframe.cli import main
-from trainframe.commands import load_run_model
+from trainframe.runs import load_run_model
 
 
 def train_run(tmp_path, name="run", steps=12):

@@ -17,7 +17,6 @@ from typing import Any
 import jsonschema
 import yaml
 
-from trainframe.commands import tokenizer_train_args, tokenizer_train_main
 from trainframe.errors import UserError
 from trainframe.fileio import writing
 
@@ -163,10 +162,6 @@ def _print_report(r: dict, show: int) -> None:
 
 
 # --- tokenizer train --kind schema ------------------------------------------------------------
-# The command itself lives in core (trainframe.commands); these names keep it importable from here.
-train_args, train_main = tokenizer_train_args, tokenizer_train_main
-
-
 def schema_train_args(g) -> None:
     g.add_argument("--schema", default="github-workflow", help="schema name or JSON Schema file")
     g.add_argument("--max-dict", type=int, default=2048, help="most dictionary strings")

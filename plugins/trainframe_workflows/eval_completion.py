@@ -113,7 +113,7 @@ def held_out(model, tokenizer, data_cfg, path: Path | None, batch_size: int) -> 
 
 
 def _greedy(model, tokenizer, start, prompt, max_tokens, allowed_new=None):
-    from trainframe.commands import sample_documents
+    from trainframe.generation import sample_documents
 
     (new, finished), = sample_documents(model, tokenizer, start, prompt, 1, max_tokens=max_tokens, batch_size=1,
                                         constrained=True, temperature=0.0, top_k=None, allowed_new=allowed_new)
@@ -190,7 +190,8 @@ def _summary(by_kind: dict, names: tuple) -> dict:
 def eval_completion_main(args: argparse.Namespace) -> int:
     import jsonschema
 
-    from trainframe.commands import SampleProgress, load_run_model
+    from trainframe.generation import SampleProgress
+    from trainframe.runs import load_run_model
 
     for flag, v in (("--cuts", args.cuts), ("--infills", args.infills)):
         if v < 0:

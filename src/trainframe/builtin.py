@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import trainframe
-from trainframe.commands import register_commands
 from trainframe.data.datasets import TextFileConfig, TokensConfig, build_textfile, build_tokens
 from trainframe.data.tokenizer import ByteTokenizerConfig, build_byte_tokenizer
 from trainframe.logging import (ConsoleConfig, JsonlConfig, TensorboardConfig, build_console, build_jsonl,
@@ -38,4 +37,3 @@ def trainframe_register(registry):
     registry.add("logger", "console", build_console, ConsoleConfig, help="progress bar or plain lines")
     registry.add("logger", "wandb", build_wandb, WandbConfig, help="Weights & Biases run (extra: trainframe[wandb])")
     registry.add("logger", "mlflow", build_mlflow, MlflowConfig, help="MLflow run (extra: trainframe[mlflow])")
-    register_commands(registry)

@@ -8,9 +8,6 @@ listed under their parent key as ``parent[].key``.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import types
 import typing
 from typing import Any, Literal
@@ -196,32 +193,3 @@ def describe(registry, kind: str | None = None, name: str | None = None) -> list
             lines.append("")
         lines.extend(block)
     return lines
-
-
-def describe_args(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.description = (
-        "Print the options of the run config's own sections (run, trainer) and of every registered\n"
-        "component, built-in or from a plugin: key, type, default and description, read from the\n"
-        "config models. No argument: everything; KIND: every component of that kind; KIND NAME: one.")
-    p.epilog = ("examples:\n"
-                "  trainframe config describe trainer\n"
-                "  trainframe config describe optimizer\n"
-                "  trainframe config describe schedule wsd\n"
-                "  trainframe config describe | grep -i warmup")
-    p.add_argument("kind", nargs="?", metavar="KIND",
-                   help=f"run, trainer, or a component kind: {', '.join(KINDS)} (section names such as data, "
-                        "optim, loggers also work)")
-    p.add_argument("name", nargs="?", metavar="NAME", help="a registered component of KIND, e.g. adamw, cosine, gpt")
-
-
-def describe_main(args: argparse.Namespace) -> int:
-    from trainframe.plugins import current
-
-    text = "\n".join(describe(current().registry, args.kind, args.name))
-    try:
-        print(text)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `config describe | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0

@@ -93,7 +93,7 @@ def _check_names(names: list[str], known: list[str]) -> None:
 
 def _hf_dir(path: Path, which: str, stack: contextlib.ExitStack) -> tuple[Path, dict, Path | None]:
     """(a transformers export of ``path``, its checkpoint (file, step), the run dir or None)."""
-    from trainframe.commands import load_run
+    from trainframe.runs import load_run
     from trainframe.export import _read_manifest, is_export, load_export
     from trainframe.hf_export import write_hf
 

@@ -91,7 +91,7 @@ def _source(path: Path, checkpoint: Path | None, packed: bool) -> str:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    from trainframe.commands import load_run
+    from trainframe.runs import load_run
     from trainframe.config import load_config
     from trainframe.plugins import current
 

@@ -185,7 +185,7 @@ def _readme(manifest: dict, run_name: str) -> str:
 
 def export_run(run_dir: Path, which: str, out: Path, *, force: bool = False, dtype: str = "float32") -> dict:
     """Write an export of ``run_dir``'s checkpoint ``which`` to ``out``; returns its config.json."""
-    from trainframe.commands import load_run
+    from trainframe.runs import load_run
 
     run_dir, out = Path(run_dir), Path(out)
     if is_export(run_dir):

@@ -107,7 +107,7 @@ def _card(manifest: dict, run_name: str) -> str:
 
 def export_hf(run_dir: Path, which: str, out: Path, *, force: bool = False, dtype: str = "float32") -> dict:
     """Write the transformers export of ``run_dir``'s checkpoint ``which`` to ``out``; its manifest."""
-    from trainframe.commands import load_run
+    from trainframe.runs import load_run
     from trainframe.export import _check_out, is_export
 
     run_dir, out = Path(run_dir), Path(out)

@@ -3,7 +3,9 @@
 Built-in components live in ``trainframe.builtin`` and register through the same
 ``trainframe_register`` hook as third-party plugins, which are found through the ``trainframe``
 entry-point group. A plugin that fails to import, misspells a hook or fails while registering is
-reported in one line and left out; everything else keeps working.
+reported in one line and left out; everything else keeps working. The built-in commands belong to
+the CLI, which hands them in (``commands``), so a program that uses trainframe as a library loads
+no command code.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -35,6 +38,7 @@ class Plugins:
     manager: pluggy.PluginManager
     registry: Registry
     info: list[PluginInfo] = field(default_factory=list)
+    commands: Callable[[Registry], None] | None = None  # what added the built-in commands
 
     @property
     def hook(self):
@@ -80,13 +84,15 @@ def _extra_hint(ep, error: Exception) -> str:
     return f" (pip install '{dist}[{extra}]')" if extra in (ep.dist.metadata.get_all("Provides-Extra") or []) else ""
 
 
-def load_plugins(extra: list[tuple[str, object]] | None = None) -> Plugins:
-    """Build the plugin manager and the registry. ``extra``: (name, module) pairs, for tests."""
+def load_plugins(extra: list[tuple[str, object]] | None = None,
+                 commands: Callable[[Registry], None] | None = None) -> Plugins:
+    """Build the plugin manager and the registry. ``extra``: (name, module) pairs, for tests.
+    ``commands(registry)``: adds the built-in commands, as the built-in plugin's (the CLI's own)."""
     from trainframe import __version__, builtin
 
     manager = pluggy.PluginManager(GROUP)
     manager.add_hookspecs(hookspecs)
-    plugins = Plugins(manager, Registry())
+    plugins = Plugins(manager, Registry(), commands=commands)
     disabled = _disabled()
 
     candidates: list[tuple[str, str, str, object]] = [("trainframe", __version__, "trainframe.builtin", builtin)]
@@ -124,6 +130,8 @@ def load_plugins(extra: list[tuple[str, object]] | None = None) -> Plugins:
         scratch = Registry(current_plugin=impl.plugin_name)
         try:
             impl.function(registry=scratch)
+            if impl.plugin_name == "trainframe" and commands is not None:
+                commands(scratch)
             _merge_registry(plugins.registry, scratch)
         except Exception as e:
             manager.unregister(name=impl.plugin_name)
@@ -156,9 +164,15 @@ def _merge_registry(into: Registry, new: Registry) -> None:
 _CURRENT: Plugins | None = None
 
 
-def current() -> Plugins:
-    """The process's plugin manager, loaded on first use."""
+def current(commands: Callable[[Registry], None] | None = None) -> Plugins:
+    """The process's plugin manager, loaded on first use. ``commands``: see ``load_plugins``; the
+    CLI passes its own, and they are added if library code loaded the plugins first."""
     global _CURRENT
     if _CURRENT is None:
-        _CURRENT = load_plugins()
+        _CURRENT = load_plugins(commands=commands)
+    elif commands is not None and _CURRENT.commands is None:
+        scratch = Registry(current_plugin="trainframe")
+        commands(scratch)
+        _merge_registry(_CURRENT.registry, scratch)
+        _CURRENT.commands = commands
     return _CURRENT

@@ -8,10 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from trainframe_workflows.cli import check_args, check_main, train_args, train_main
+from trainframe_workflows.cli import check_args, check_main
 from trainframe_workflows.schema_tokenizer import SchemaTokenizer
 from wfdata import CORPUS, DATA, need_data
 
+from trainframe.cli.tokenizer import tokenizer_train_args as train_args
+from trainframe.cli.tokenizer import tokenizer_train_main as train_main
 from trainframe.errors import UserError
 
 KEYS = {"documents", "schema_valid", "encode_failures", "roundtrip_ok", "tokens_per_doc", "chars_per_token", "docs_per_s"}

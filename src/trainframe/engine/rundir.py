@@ -111,11 +111,18 @@ def _check_empty(run_dir: Path) -> None:
                     "train into a new or empty --run-dir")
 
 
+def config_file(run_dir: Path) -> Path:
+    """``run_dir``'s config.yaml, which every run directory has (``train`` writes it first)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    return path
+
+
 def check_resumable(run_dir: Path) -> None:
     """For ``resume``: ``run_dir`` is free and was started by ``train``; creates nothing."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    config_file(run_dir)
     check_free(run_dir)
     if not (run_dir / LOCK_FILE).exists() and not ckpt.step_checkpoints(run_dir / "checkpoints"):
         raise UserError(f"{run_dir}: not a run started by `trainframe train` (a config.yaml but no checkpoint); "

@@ -1,0 +1,87 @@
+"""The layers of docs/architecture.md, checked on the source: imports only point down.
+
+Every import counts, also one inside a function. Modules are read with ``ast``, not imported.
+"""
+
+import ast
+from pathlib import Path
+
+from support import REPO
+
+SRC = REPO / "src" / "trainframe"
+PLUGINS = REPO / "plugins"
+CLI = "trainframe.cli"
+ENTRY = {"trainframe.__main__"}  # `python -m trainframe`: the CLI's other door
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path, module: str) -> list[tuple[int, str]]:
+    """(line, imported module) of every import in the file; ``from a import b`` gives ``a.b`` too,
+    since ``b`` may be a module. Relative imports are resolved against ``module``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names if alias.name != "*"]
+    return found
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def modules(root: Path):
+    for path in sorted(root.rglob("*.py")):
+        yield path, module_name(path, root)
+
+
+def test_the_walk_sees_lazy_and_relative_imports(tmp_path):
+    pkg = tmp_path / "trainframe" / "engine"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "x.py").write_text("def f():\n    from trainframe.cli import main\n    from . import y\n")
+    found = {name for _, name in imports(pkg / "x.py", "trainframe.engine.x")}
+    assert {"trainframe.cli", "trainframe.cli.main", "trainframe.engine", "trainframe.engine.y"} <= found
+
+
+def violations(root: Path, bad, skip=lambda name: False) -> list[str]:
+    """One line per import statement of a module under ``root`` that ``bad(imported name)`` flags."""
+    out = []
+    for path, name in modules(root):
+        if skip(name):
+            continue
+        seen = set()
+        for line, target in imports(path, name):
+            if bad(target) and line not in seen:
+                seen.add(line)
+                out.append(f"{name} ({path.relative_to(REPO)}:{line}) imports {target}")
+    return out
+
+
+def test_no_library_module_imports_the_cli():
+    wrong = violations(SRC.parent, lambda t: within(t, CLI), skip=lambda n: within(n, CLI) or n in ENTRY)
+    assert not wrong, "the CLI is the top layer; only trainframe.cli imports it:\n" + "\n".join(wrong)
+
+
+def test_no_core_module_imports_a_plugin():
+    wrong = violations(SRC.parent, lambda t: t.split(".")[0].startswith("trainframe_"))
+    assert not wrong, "core must work without any plugin; reach plugins through the registry:\n" + "\n".join(wrong)
+
+
+def test_plugins_import_no_cli_module():
+    wrong = violations(PLUGINS, lambda t: within(t, CLI))
+    assert not wrong, "plugins use the library (docs/architecture.md), not the CLI's modules:\n" + "\n".join(wrong)
