@@ -203,9 +203,9 @@ def run_bench(config, overrides: list[str], steps: int, warmup: int, data: str, 
                  "trainer.save_every=0", "trainer.save_every_minutes=null", "trainer.sample_tokens=0"]
     cfg = load_config(config, overrides, plugins.registry)
     # Every logger stays on except the console: its progress bar would mix with the figures.
-    data = cfg.to_dict()
-    data["loggers"] = [item for item in data["loggers"] if item["name"] != "console"]
-    cfg = resolve(data, plugins.registry, source=str(config))
+    resolved = cfg.to_dict()
+    resolved["loggers"] = [item for item in resolved["loggers"] if item["name"] != "console"]
+    cfg = resolve(resolved, plugins.registry, source=str(config))
     world = distributed.init(cfg.trainer.device)  # under torchrun: every rank times its steps
     try:
         return {"name": cfg.name, **measure(cfg, plugins, steps, warmup, data, world, profile)}
