@@ -19,10 +19,9 @@ of a least-squares line through the last weight snapshots weighted by its R^2 (`
 parameters that drift steadily are extrapolated and noisy ones are left alone.
 
 ``skip`` moves nothing, so it runs lean: no weight copies, no update statistics, and each step's
-loss is read one step late (when the next step is already queued on the device), so the engine
-keeps its deferred host sync and the GPU never waits on the controller. Its phase decisions take
-effect one step later than the moving predictors' (a divergence ends PREDICT after two steps, not
-one).
+loss is read ``read_lag`` steps late (when the steps after it are already queued on the device),
+so the engine keeps its deferred host sync and the host can run ahead of the GPU. Its phase
+decisions take effect ``read_lag`` steps later than the moving predictors'.
 """
 
 from __future__ import annotations
@@ -76,6 +75,8 @@ class HybridConfig(ComponentConfig):
     corrector_decay: float = Field(0.98, gt=0, le=1, description="per-entry age decay of retrieval weights")
     correction_clamp: float = Field(0.5, gt=0, description="the corrector's output is clamped to +-this")
     seed: int = Field(0, description="seed of the controller's own randomness (ensemble init, latent samples)")
+    read_lag: int = Field(4, gt=0, description="skip only: each step's loss is read this many steps late, so "
+                          "the host runs ahead of the device (phase decisions come as much later)")
     time_overhead: bool = Field(False, description="wait for the GPU after the controller's work each step so "
                                 "its time is measured (bench predictive turns it on; a stall per step)")
 
@@ -230,7 +231,7 @@ class HybridController(PhaseController):
         self.applied_norms: list[float] | None = None  # per-group norms of the move made for the next step
         self.held: list[list] = []
         self.lean = cfg.predictor == "skip"
-        self.late: StepOutcome | None = None  # lean: the step observed, processed at the next one
+        self.late: list[StepOutcome] = []  # lean: the steps observed, each processed read_lag steps later
 
     # ------------------------------------------------------------------- the protocol
     def decide(self, step: int) -> tuple[Phase, str]:
@@ -250,14 +251,14 @@ class HybridController(PhaseController):
 
     @property
     def wants_host_values(self) -> bool:
-        return not self.lean  # lean: the step before's loss is read, on the host, one step late
+        return not self.lean  # lean: each loss is read on the host, read_lag steps late
 
     def observe(self, outcome: StepOutcome, trainer) -> dict:
-        if self.lean:  # process the step before: reading its loss waits for it alone, this one stays queued
-            outcome, self.late = self.late, outcome
-            if outcome is None:
+        if self.lean:  # process an older step: reading its loss waits for it alone, later ones stay queued
+            self.late.append(outcome)
+            if len(self.late) <= self.cfg.read_lag:
                 return {}
-            outcome = _on_host(outcome)  # the wait is the device's time, not the controller's
+            outcome = _on_host(self.late.pop(0))  # the wait is the device's time, not the controller's
         start = time.perf_counter()
         if not self.ready:
             self._setup(trainer)
@@ -604,10 +605,9 @@ class HybridController(PhaseController):
     TENSOR_LISTS = ("prev", "direction", "moved", "last_delta")
 
     def state_dict(self) -> dict:
-        late = None if self.late is None else _on_host(self.late)
         state = {"machine": self.machine.state_dict(), "ready": self.ready,
                  "held": [[tuple(t.cpu() for t in batch) for batch in step] for step in self.held],
-                 "late": None if late is None else [late.step, late.phase.value, late.loss, late.lr, late.grad_norm]}
+                 "late": [[o.step, o.phase.value, o.loss, o.lr, o.grad_norm] for o in map(_on_host, self.late)]}
         if not self.ready:
             return state
         state.update({name: getattr(self, name, None) for name in self.SCALARS})
@@ -622,8 +622,7 @@ class HybridController(PhaseController):
         # The schedule and the held batches are needed before the first step sees the trainer.
         self.machine.load_state_dict(state["machine"])
         self.held = [[tuple(batch) for batch in step] for step in state["held"]]
-        late = state.get("late")
-        self.late = None if late is None else StepOutcome(late[0], Phase(late[1]), *late[2:])
+        self.late = [StepOutcome(step, Phase(phase), *rest) for step, phase, *rest in state.get("late", [])]
         if state["ready"]:
             self.pending_state = state
             self.ready = False

@@ -1,4 +1,4 @@
-"""The lean ``skip`` controller: no weight copies, each loss read one step late, exact resume."""
+"""The lean ``skip`` controller: no weight copies, each loss read read_lag steps late, exact resume."""
 
 import json
 
@@ -48,12 +48,13 @@ def test_skip_keeps_the_fast_path_and_copies_no_weights(plugins, tmp_path):
     t.fit()
     assert t.controller.prev == [] and t.controller.direction == []
     phases = [r["phase"] for r in train_rows(tmp_path / "a")]
-    # The machine runs one step late: its n-th state is the phase of step n + 1.
+    # The machine runs read_lag steps late: its n-th state is the phase of step n + read_lag.
+    lag = t.controller.cfg.read_lag
     m, states = Machine(t.controller.cfg), []
-    for _ in range(19):
+    for _ in range(20 - lag):
         states.append(m.phase.value)
         m.advance(1.0)
-    assert phases == [states[0]] + states
+    assert phases == [states[0]] * lag + states
     assert "predict" in phases and t.backward_passes == phases.count("full")
 
 
@@ -87,7 +88,7 @@ def test_resume_with_a_step_still_unread_is_exact(plugins, tmp_path):
     b = trainer_for(plugins, tmp_path, "b")
     for _ in range(7):
         b.train_step()
-    assert b.controller.late is not None  # step 7's outcome waits for step 8
+    assert len(b.controller.late) == b.controller.cfg.read_lag  # steps 3..6 wait to be read
     b.save()
     c = trainer_for(plugins, tmp_path, "b")
     c.resume()
