@@ -6,6 +6,7 @@ from trainframe import fileio
 from trainframe.errors import UserError
 from trainframe.fileio import (
     TEMP_GLOB,
+    atomic_dir,
     atomic_path,
     temp_path,
     write_bytes_atomic,
@@ -73,6 +74,25 @@ def test_thin_wrappers(tmp_path):
     assert (tmp_path / "b.bin").read_bytes() == b"\xff\x00"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin"]
 
+
+
+def test_atomic_dir_replaces_or_keeps_an_existing_directory(tmp_path):
+    target = tmp_path / "out"
+    for text in ("old", "new"):
+        with atomic_dir(target) as tmp:
+            (tmp / "f").write_text(text)
+    assert (target / "f").read_text() == "new"
+    # A content-keyed cache: a copy another process published first stays, ours goes.
+    with atomic_dir(target, keep_existing=True) as tmp:
+        (tmp / "f").write_text("ours")
+    assert (target / "f").read_text() == "new"
+    with pytest.raises(ValueError), atomic_dir(tmp_path / "half", keep_existing=True) as tmp:
+        (tmp / "f").write_text("half")
+        raise ValueError("the input ended early")
+    with atomic_dir(tmp_path / "fresh", keep_existing=True) as tmp:
+        (tmp / "f").write_text("first")
+    assert (tmp_path / "fresh" / "f").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "out"]  # no temporaries, nothing half
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_a_full_disk_is_one_line_even_through_torch_save(tmp_path):

@@ -30,6 +30,7 @@ import numpy as np
 from trainframe.data.shards import INDEX, token_dtype
 from trainframe.errors import UserError
 from trainframe.fileio import TEMP_GLOB, write_bytes_atomic, writing
+from trainframe.progress import Progress
 from trainframe.workers import exit_with_parent
 
 from .sources import SourceConfig, iter_texts, open_rows, source_key
@@ -81,42 +82,6 @@ def _chunks(texts, chunk_bytes: int):
         yield buf, bad
 
 
-class Progress:
-    """A rich progress line per source: MB of text, MB/s, tokens."""
-
-    def __init__(self, enabled: bool):
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
-            from rich.progress import Progress as RichProgress
-
-            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
-                                    TextColumn("{task.fields[mb]:.1f} MB  {task.fields[rate]:.1f} MB/s  "
-                                               "{task.fields[tokens]:,} tokens  {task.fields[bad]} bad rows"),
-                                    TimeElapsedColumn(), transient=False)
-
-    def __enter__(self):
-        if self.bar:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar:
-            self.bar.stop()
-
-    def task(self, label: str, total_tokens: int | None):
-        if not self.bar:
-            return None
-        return self.bar.add_task(label, total=total_tokens, mb=0.0, rate=0.0, tokens=0, bad=0)
-
-    def update(self, task, done: dict, t0: float, fresh_bytes: int):
-        if self.bar is None:
-            return
-        rate = fresh_bytes / 1e6 / max(time.perf_counter() - t0, 1e-9)
-        self.bar.update(task, completed=done["tokens"], mb=done["bytes"] / 1e6, rate=rate,
-                        tokens=done["tokens"], bad=done["bad_rows"])
-
-
 def _prepare_source(src: SourceConfig, where: str, out: Path, tokenizer, pool, workers: int,
                     chunk_bytes: int, progress: Progress) -> dict:
     with writing(out, "prepared shards"):
@@ -124,7 +89,7 @@ def _prepare_source(src: SourceConfig, where: str, out: Path, tokenizer, pool, w
     for stale in out.glob(TEMP_GLOB):  # left by a killed run; ours to remove
         stale.unlink(missing_ok=True)
     texts = iter_texts(open_rows(src, where), src.text_field, where)
-    task = progress.task(src.label, src.max_tokens)
+    task = progress.task(src.label, src.max_tokens, mb=0.0, rate=0.0, bad=0)
     done = {"rows": 0, "bad_rows": 0, "bytes": 0, "tokens": 0, "cpu_s": 0.0}
     vocab = tokenizer.vocab_size()
     top = -1  # the largest id, for the index (see trainframe.data.shards)
@@ -137,7 +102,8 @@ def _prepare_source(src: SourceConfig, where: str, out: Path, tokenizer, pool, w
             done[k] += stats[k]
         top = max(top, stats.get("max_id", vocab - 1))  # a marker from before max_id: its ids were checked < vocab
         shards.append({"file": f"chunk_{index:05d}.bin", "tokens": stats["tokens"]})
-        progress.update(task, done, t0, fresh_bytes)
+        progress.update(task, completed=done["tokens"], mb=done["bytes"] / 1e6, bad=done["bad_rows"],
+                        rate=fresh_bytes / 1e6 / max(time.perf_counter() - t0, 1e-9))
 
     capped = lambda: src.max_tokens is not None and done["tokens"] >= src.max_tokens
     for index, (chunk, bad) in enumerate(_chunks(texts, chunk_bytes)):
@@ -196,7 +162,8 @@ def prepare(cfg, tokenizer, *, workers: int | None = None, progress: bool = True
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                    initargs=(tokenizer, os.getpid()))
     try:
-        with Progress(progress and bool(todo)) as bar:
+        fields = "tokens  {task.fields[mb]:.1f} MB  {task.fields[rate]:.1f} MB/s  {task.fields[bad]} bad rows"
+        with Progress(progress and bool(todo), fields, transient=False) as bar:
             for i, src, key in todo:
                 t0 = time.perf_counter()
                 index = _prepare_source(src, f"data.sources[{i}]", data_dir / key, tokenizer, pool, workers,

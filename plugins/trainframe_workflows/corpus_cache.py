@@ -25,7 +25,6 @@ import pickle
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -38,7 +37,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from trainframe.errors import UserError
-from trainframe.fileio import TEMP_GLOB, write_bytes_atomic, write_text_atomic
+from trainframe.fileio import TEMP_GLOB, atomic_dir, write_bytes_atomic, write_text_atomic
+from trainframe.progress import Progress
 from trainframe.workers import exit_with_parent
 
 from .corpus import repo_of
@@ -144,35 +144,6 @@ def _init_worker(recipe_path: str, fingerprint: str, dtype: str, parent: int) ->
     _WORKER = (tok, dtype)
 
 
-# ---------------------------------------------------------------------------------- the progress
-class _Progress:
-    """A rich progress bar with docs/s on a terminal, nothing otherwise."""
-
-    def __init__(self, label: str, total: int | None, enabled: bool):
-        self.bar = self.task = None
-        if enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]:,.0f} docs/s"), TimeElapsedColumn(),
-                                TimeRemainingColumn(), transient=True)
-            self.task = self.bar.add_task(label, total=total, rate=0.0)
-
-    def __enter__(self):
-        if self.bar:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar:
-            self.bar.stop()
-
-    def advance(self, n: int, rate: float) -> None:
-        if self.bar:
-            self.bar.update(self.task, advance=n, rate=rate)
-
-
 # ------------------------------------------------------------------------------------ the corpus
 def _batched(items: Iterable, n: int):
     it = iter(items)
@@ -198,7 +169,8 @@ def tokenize_corpus(items: Iterable, out: Path, tokenizer, dtype, *, workers: in
         log(f"data: the {type(tokenizer).__name__} tokenizer cannot be sent to worker processes; "
             "tokenizing in this process")
         workers = 1
-    show = _Progress(label, total, sys.stdout.isatty() if progress is None else progress)
+    show = Progress(sys.stdout.isatty() if progress is None else progress, "{task.fields[rate]:,.0f} docs/s")
+    bar = show.task(label, total, rate=0.0)
     t0 = time.perf_counter()
     n_chunks = n_items = resumed = fresh = fresh_chunks = 0
     pool, pending, held = None, deque(), None  # held: the first chunk to do, until a second shows a pool pays
@@ -206,7 +178,7 @@ def tokenize_corpus(items: Iterable, out: Path, tokenizer, dtype, *, workers: in
     def done(n: int) -> None:
         nonlocal fresh
         fresh += n
-        show.advance(n, fresh / max(time.perf_counter() - t0, 1e-9))
+        show.update(bar, advance=n, rate=fresh / max(time.perf_counter() - t0, 1e-9))
 
     def submit(index: int, chunk: list) -> None:
         nonlocal pool
@@ -231,7 +203,7 @@ def tokenize_corpus(items: Iterable, out: Path, tokenizer, dtype, *, workers: in
                 n_items += len(chunk)
                 if _finished(part, index, len(chunk), chunk_docs, dtype.itemsize):
                     resumed += 1
-                    show.advance(len(chunk), fresh / max(time.perf_counter() - t0, 1e-9))
+                    show.update(bar, advance=len(chunk), rate=fresh / max(time.perf_counter() - t0, 1e-9))
                     continue
                 fresh_chunks += 1
                 if workers == 1:
@@ -272,8 +244,7 @@ def tokenize_corpus(items: Iterable, out: Path, tokenizer, dtype, *, workers: in
 def _assemble(part: Path, n_chunks: int, out: Path, dtype: np.dtype, meta: dict) -> None:
     """The entry from the finished chunks, in order, atomically; then the partial directory goes."""
     docs, skipped = [], []
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, "the token cache", keep_existing=True) as tmp:  # another process's same entry stays
         with open(tmp / "tokens.bin", "wb") as dst:
             for i in range(n_chunks):
                 bin_path, marker = _chunk_paths(part, i)
@@ -283,10 +254,4 @@ def _assemble(part: Path, n_chunks: int, out: Path, dtype: np.dtype, meta: dict)
                 with open(bin_path, "rb") as src:
                     shutil.copyfileobj(src, dst)
         (tmp / "docs.json").write_text(json.dumps({**meta, "dtype": dtype.name, "docs": docs, "skipped": skipped}))
-        os.replace(tmp, out)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / "docs.json").exists():
-            raise
-        # another process wrote the same entry first: keep theirs
     shutil.rmtree(part, ignore_errors=True)

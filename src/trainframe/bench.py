@@ -22,6 +22,7 @@ import torch
 
 import trainframe
 from trainframe.config import load_config, resolve
+from trainframe.engine.prefetch import pinned
 from trainframe.errors import UserError
 from trainframe.fileio import atomic_path
 
@@ -36,7 +37,7 @@ class RandomTokens:
         for _ in range(pool):
             tokens = torch.randint(0, vocab_size, (batch_size, context + 1), generator=gen)
             x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-            self.batches.append((x.pin_memory(), y.pin_memory()) if pin else (x, y))
+            self.batches.append(pinned((x, y)) if pin else (x, y))
         self.index = 0
 
     def next_batch(self, batch_size: int):

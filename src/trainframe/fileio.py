@@ -111,10 +111,14 @@ def atomic_path(path: Path, *, fsync: bool = False, what: str | None = None, siz
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path, what: str | None = None, size: int | None = None) -> Iterator[Path]:
+def atomic_dir(path: Path, what: str | None = None, size: int | None = None, *,
+               keep_existing: bool = False) -> Iterator[Path]:
     """``atomic_path`` for a directory: yields a new empty directory beside ``path`` (its parents
     are made); after the block it takes the place of ``path`` (an existing one is moved aside, then
-    removed); on an exception it is removed and ``path`` is untouched."""
+    removed); on an exception it is removed and ``path`` is untouched.
+
+    ``keep_existing``: for caches keyed by their content, where another process may publish the
+    same directory first: a ``path`` that exists by the end of the block is kept and ours dropped."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -123,7 +127,15 @@ def atomic_dir(path: Path, what: str | None = None, size: int | None = None) -> 
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             yield tmp
-            replace_dir(tmp, path)
+            if not keep_existing:
+                replace_dir(tmp, path)
+            elif not path.exists():
+                try:
+                    tmp.rename(path)
+                except OSError:
+                    if not path.exists():
+                        raise
+            shutil.rmtree(tmp, ignore_errors=True)  # ours, when theirs was kept
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

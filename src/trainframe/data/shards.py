@@ -10,16 +10,13 @@ shards, instead of failing in an embedding lookup mid-run, without reading them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from trainframe.errors import UserError
-from trainframe.fileio import relative_note, writing
+from trainframe.fileio import atomic_dir, relative_note
 
 INDEX = "index.json"
 
@@ -35,7 +32,7 @@ def write_shards(out_dir: Path, token_chunks, vocab_size: int, meta: dict, shard
     the disk-full message)."""
     out_dir = Path(out_dir)
     dtype = token_dtype(vocab_size)
-    shards, buf, count, top, tmp = [], [], 0, -1, None
+    shards, buf, count, top = [], [], 0, -1
 
     def flush():
         nonlocal buf, count
@@ -46,30 +43,21 @@ def write_shards(out_dir: Path, token_chunks, vocab_size: int, meta: dict, shard
         shards.append({"file": name, "tokens": int(count)})
         buf, count = [], 0
 
-    try:
-        with writing(out_dir, "token shards", size):
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
-            for chunk in token_chunks:
-                arr = np.asarray(chunk, dtype=np.int64)
-                if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-                    raise ValueError(f"token id out of range for vocab {vocab_size}")
-                top = max(top, int(arr.max())) if arr.size else top
-                buf.append(arr)
-                count += arr.size
-                if count >= shard_tokens:
-                    flush()
-            flush()
-            index = {"dtype": dtype.name, "vocab_size": vocab_size, "max_id": top, "shards": shards, **meta}
-            (tmp / INDEX).write_text(json.dumps(index, indent=1))
-    except BaseException:  # unreadable input, a full disk: no half-written directory stays behind
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:  # another process finished the same cache first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Unreadable input or a full disk leave no half-written directory; another process that
+    # finished the same cache first keeps theirs.
+    with atomic_dir(out_dir, "token shards", size, keep_existing=True) as tmp:
+        for chunk in token_chunks:
+            arr = np.asarray(chunk, dtype=np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+                raise ValueError(f"token id out of range for vocab {vocab_size}")
+            top = max(top, int(arr.max())) if arr.size else top
+            buf.append(arr)
+            count += arr.size
+            if count >= shard_tokens:
+                flush()
+        flush()
+        index = {"dtype": dtype.name, "vocab_size": vocab_size, "max_id": top, "shards": shards, **meta}
+        (tmp / INDEX).write_text(json.dumps(index, indent=1))
     return json.loads((out_dir / INDEX).read_text())
 
 

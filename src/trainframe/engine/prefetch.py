@@ -18,6 +18,13 @@ import threading
 import torch
 
 
+def pinned(batch) -> tuple:
+    """The batch's tensors made contiguous, then copied to pinned memory: the one place batches are
+    pinned. Contiguous first: a strided view (x = window[:, :-1]) would be made contiguous in pageable
+    memory inside the device copy, and a copy from pageable memory waits for the GPU."""
+    return tuple(t.contiguous().pin_memory() for t in batch)
+
+
 class Prefetcher:
     def __init__(self, dataset, batch_size: int, depth: int = 2, device: torch.device | None = None):
         """``device``: the CUDA device the batches go to (they are then pinned); None = no pinning."""
@@ -50,10 +57,8 @@ class Prefetcher:
                 return
 
     def _prepare(self, batch):
-        # Contiguous, then pinned: the host-to-device copy can then run without waiting for the GPU.
-        if self.pin_device is not None:
-            return tuple(t.contiguous().pin_memory() for t in batch)
-        return batch
+        # Pinned: the host-to-device copy can then run without waiting for the GPU.
+        return pinned(batch) if self.pin_device is not None else batch
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         batch, state, error = self._queue.get()

@@ -14,6 +14,7 @@ from pydantic import Field
 import trainframe
 from trainframe.config import ComponentConfig
 from trainframe.fileio import write_text_atomic, writing
+from trainframe.progress import Progress
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -112,11 +113,8 @@ class ConsoleLogger:
         self.start = (time.time(), trainer.step)
         self.max_steps = trainer.config.trainer.max_steps
         if self.rich:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-            self.task = self.progress.add_task("train", total=self.max_steps, completed=trainer.step, info="")
+            self.progress = Progress(True, "{task.fields[info]}", transient=False)
+            self.task = self.progress.task("step", self.max_steps, completed=trainer.step, info="")
             self.progress.start()
 
     def _eta(self, step: int) -> str:
@@ -146,7 +144,7 @@ class ConsoleLogger:
         info = " | ".join(parts)
         if self.progress is not None:
             if "val_loss" in metrics:  # evals stay on screen above the bar
-                self.progress.console.print(f"step {step}: {info}")
+                self.progress.print(f"step {step}: {info}")
             else:
                 self.progress.update(self.task, completed=step, info=info)
         else:
@@ -156,14 +154,14 @@ class ConsoleLogger:
     def trainframe_phase_change(self, step, old, new, reason):
         message = f"step {step}: phase {old} -> {new} ({reason})"
         if self.progress is not None:
-            self.progress.console.print(message)
+            self.progress.print(message)
         else:
             print(message, flush=True)
 
     @trainframe.hookimpl
     def trainframe_fit_end(self):
         if self.progress is not None:
-            self.progress.stop()
+            self.progress.close()
             self.progress = None
 
 
