@@ -4,6 +4,11 @@ import pytest
 from support import TINY_YAML
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test of several seconds or more (signals, subprocesses, whole runs); "
+                                       "the inner loop `python -m pytest -m \"not slow\"` leaves them out, CI runs all")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _token_cache(tmp_path_factory):
     """Tokenized-data caches go to a temporary directory, never the user's home."""

@@ -1,5 +1,6 @@
 """benchmarks/chunked_loss.py --tiny on the CPU: four variants, the table, the JSON, the same first loss."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import pytest
 from support import REPO
 
 
-def test_tiny_run(tmp_path):
+@pytest.mark.slow
+def test_tiny_run(tmp_path):  # a process of its own: the figures include its peak RSS
     out = tmp_path / "result.json"
     proc = subprocess.run([sys.executable, "benchmarks/chunked_loss.py", "--tiny", "--same-process", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -22,7 +24,10 @@ def test_tiny_run(tmp_path):
     assert len(table) == 4 and table[0].startswith("| tiny | 2 | whole | none |") and "1.00x" in table[0]
 
 
-def test_bad_arguments(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/chunked_loss.py", "--tiny", "--loss-chunk", "0",
-                           "--out", str(tmp_path / "x.json")], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--loss-chunk: expected a positive integer, got 0" in proc.stderr
+def test_bad_arguments(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("chunked_loss", REPO / "benchmarks" / "chunked_loss.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_:
+        script.main(["--tiny", "--loss-chunk", "0", "--out", str(tmp_path / "x.json")])
+    assert exit_.value.code == 2 and "--loss-chunk: expected a positive integer, got 0" in capsys.readouterr().err

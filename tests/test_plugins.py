@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import run_main
 
 import trainframe
 from trainframe import hookspecs
@@ -143,7 +144,9 @@ def test_example_found_through_entry_point(site, monkeypatch):
     assert plugins.registry.get("schedule", "cosine").plugin == "trainframe"  # built-ins untouched
 
 
+@pytest.mark.slow
 def test_plugins_command_lists_example(site, env):
+    """From a fresh interpreter, as a user runs it: the installed plugin is found by its entry point."""
     result = run_cli(["plugins"], env, site)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -160,16 +163,20 @@ def expected_linear(step: int, max_steps: int, warmup: int, min_ratio: float) ->
     return 1 - (1 - min_ratio) * (step - warmup) / (max_steps - 1 - warmup)
 
 
-def test_train_with_example_schedule_and_callback(site, env, text_file, tmp_path):
+def test_train_with_example_schedule_and_callback(site, text_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("TRAINFRAME_DISABLE_PLUGINS", raising=False)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.chdir(REPO)
+    use_plugins(monkeypatch)
     run_dir = tmp_path / "run"
-    result = run_cli(
-        ["train", "configs/tiny-cpu.yaml", "trainer.max_steps=20", "trainer.batch_size=4", "trainer.log_every=1",
-         "trainer.eval_every=0", "trainer.save_every=0", "trainer.eval_batches=1", "trainer.sample_tokens=0",
-         "model={name: gpt, preset: tiny, context: 64}", "optim.lr=1e-3", f"data.path={text_file}",
-         "loggers=[{name: jsonl}]",
-         "schedule={name: linear, warmup_steps: 5, min_lr_ratio: 0.2}",
-         "callbacks=[{name: loss_spike, factor: 1.5, warmup_steps: 3, file: spikes.json}]",
-         "--run-dir", str(run_dir)], env, site)
+    result = run_main(
+        "train", "configs/tiny-cpu.yaml", "trainer.max_steps=20", "trainer.batch_size=4", "trainer.log_every=1",
+        "trainer.eval_every=0", "trainer.save_every=0", "trainer.eval_batches=1", "trainer.sample_tokens=0",
+        "model={name: gpt, preset: tiny, context: 64}", "optim.lr=1e-3", f"data.path={text_file}",
+        "loggers=[{name: jsonl}]",
+        "schedule={name: linear, warmup_steps: 5, min_lr_ratio: 0.2}",
+        "callbacks=[{name: loss_spike, factor: 1.5, warmup_steps: 3, file: spikes.json}]",
+        "--run-dir", run_dir)
     assert result.returncode == 0, result.stderr
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -264,29 +271,33 @@ def test_callback_state_survives_resume(site, text_file, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------- (b) a plugin that fails
-def test_broken_plugin_is_one_line_and_the_rest_works(broken_site, env, monkeypatch, capsys):
-    result = run_cli(["plugins"], env, broken_site)
-    assert result.returncode == 0, result.stderr
-    assert problem_lines(result.stderr, "broken") == [
-        "trainframe: warning: plugin 'broken' failed to load: "
-        "ModuleNotFoundError: No module named 'no_such_dependency_xyz'"]
-    assert "broken 2.0.0 (trainframe_broken_plugin): failed to load" in result.stdout
-    assert "  schedule: constant, cosine, wsd" in result.stdout  # built-ins
-    assert "  schedule: linear" in result.stdout  # the healthy third-party plugin
-
-    # The same environment in-process: built-in and healthy components still validate a config.
+def test_broken_plugin_is_one_line_and_the_rest_works(broken_site, monkeypatch, capsys):
+    monkeypatch.delenv("TRAINFRAME_DISABLE_PLUGINS", raising=False)
     monkeypatch.syspath_prepend(str(broken_site))
     monkeypatch.chdir(REPO)
-    use_plugins(monkeypatch)
+    use_plugins(monkeypatch)  # the load warns here
+    assert cli_main(["plugins"]) == 0
+    out, err = capsys.readouterr()
+    assert problem_lines(err, "broken") == [
+        "trainframe: warning: plugin 'broken' failed to load: "
+        "ModuleNotFoundError: No module named 'no_such_dependency_xyz'"]
+    assert "broken 2.0.0 (trainframe_broken_plugin): failed to load" in out
+    assert "  schedule: constant, cosine, wsd" in out  # built-ins
+    assert "  schedule: linear" in out  # the healthy third-party plugin
+    # Built-in and healthy components still validate a config.
     assert cli_main(["config", "validate", "configs/tiny-cpu.yaml", "schedule.name=linear"]) == 0
     out, err = capsys.readouterr()
     assert "valid" in out and "Traceback" not in err
 
 
 # -------------------------------------------------------------------------- (c) the disable list
-def test_disabled_plugin_is_hidden(site, env):
+def test_disabled_plugin_is_hidden(site, monkeypatch):
     # A config naming the disabled plugin's components: one line per problem, exit 2, no traceback.
-    result = run_cli(["config", "validate", EXAMPLE_CONFIG], env, site, TRAINFRAME_DISABLE_PLUGINS="other, example")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("TRAINFRAME_DISABLE_PLUGINS", "other, example")
+    monkeypatch.chdir(REPO)
+    use_plugins(monkeypatch)
+    result = run_main("config", "validate", EXAMPLE_CONFIG)
     assert result.returncode == 2
     lines = problem_lines(result.stderr)
     assert len(lines) == 2, result.stderr

@@ -117,17 +117,22 @@ def test_predict_moves_weights_and_divergence_forces_full(plugins, config, tmp_p
     c = trainer.controller
     while c.machine.state != "predict":
         trainer.train_step()
-    before = weights(trainer)  # already moved once: the first predicted step is set up
+    controlled = lambda: [p.detach().clone() for p in c.params]  # noqa: E731 (in the order of c.last_delta)
+    before = controlled()  # already moved once: the first predicted step is set up
     trainer.train_step()
     assert trainer.phase == Phase.PREDICT and trainer.backward_passes == 2 * 7
-    moved = weights(trainer)
-    assert distance(before, moved) > 0
+    moved = controlled()
+    # The predicted step moved the weights by exactly the controller's next move, c_g * d_g.
+    step = c.last_delta
+    size = distance(step, [torch.zeros_like(d) for d in step])
+    assert size > 0 and distance([m - b for m, b in zip(moved, before)], step) < 1e-3 * size
     # A predicted step whose loss is far above the prediction ends the phase at once.
     outcome = StepOutcome(trainer.step, Phase.PREDICT, loss=100.0, lr=1e-3, batches=[])
     metrics = c.observe(outcome, trainer)
     assert c.machine.state == "full" and c.divergences == 1
     assert "divergence" in c.machine.reason
-    assert distance(weights(trainer), moved) > 0  # the diverging move was taken back
+    # The diverging move was taken back: the weights are those from before it.
+    assert distance(controlled(), before) < 1e-3 * distance(moved, before)
     assert set(metrics) >= {"confidence", "predicted_loss"}
 
 

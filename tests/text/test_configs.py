@@ -27,6 +27,7 @@ def test_tritter_plan():
     assert abs(tokens - 2e9) < 0.01e9
 
 
+@pytest.mark.slow
 def test_tinystories_tiny_on_a_local_file(tmp_path):
     words = ["the", "cat", "dog", "sun", "tree", "girl", "boy", "happy", "sad", "ran", "saw", "big", "little",
              "ball", "park", "friend"]

@@ -1,5 +1,6 @@
 """`trainframe data prepare`: FineWeb-Edu/TinyStories layouts, bad rows, idempotence, kill and resume."""
 
+import contextlib
 import json
 import os
 import signal
@@ -13,12 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from support import child_pids, survivors
-from textdata import (  # noqa: F401 (a fixture)
+from textdata import (  # noqa: F401 (fixtures)
     FINEWEB_COLUMNS,
     REPO,
     SHAKESPEARE,
     cli,
     hub_free_env,
+    hub_offline,
     trained_bpe,
     write_config,
 )
@@ -100,18 +102,25 @@ def test_uint32_shards_for_large_vocabularies(tmp_path):
 def test_killed_prepare_leaves_no_workers_and_resumes_to_the_same_shards(tmp_path, bpe_path, capsys):
     source = {"files": [str(SHAKESPEARE)], "sample_by": "paragraph"}
     config = write_config(tmp_path, [source], bpe_path, chunk_bytes=8192, workers=2)
+    # A process group of its own: whatever the assertions find, the test leaves no process behind.
     proc = subprocess.Popen([sys.executable, "-m", "trainframe", "data", "prepare", str(config)], cwd=REPO,
-                            env=hub_free_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    markers = []
-    while time.time() < deadline and len(markers) < 3 and proc.poll() is None:
-        markers = list((tmp_path / "data").glob("*/chunk_*.json"))
-        time.sleep(0.02)
-    children = child_pids(proc.pid)
-    assert len(children) >= 2  # the pool's workers (and multiprocessing's resource tracker)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not survivors(children)  # the workers went with their parent
+                            env=hub_free_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        markers = []
+        while time.time() < deadline and len(markers) < 3 and proc.poll() is None:
+            markers = list((tmp_path / "data").glob("*/chunk_*.json"))
+            time.sleep(0.02)
+        children = child_pids(proc.pid)
+        assert len(children) >= 2  # the pool's workers (and multiprocessing's resource tracker)
+        os.kill(proc.pid, signal.SIGKILL)  # the parent alone: its workers must notice by themselves
+        proc.wait()
+        assert not survivors(children)  # the workers went with their parent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group (the parent's pid): anything still in it
+        proc.wait()
     (src_dir,) = (tmp_path / "data").iterdir()
     assert not (src_dir / "index.json").exists(), "finished before the kill; the test needs more data"
     done_before = len(list(src_dir.glob("chunk_*.json")))
@@ -127,14 +136,13 @@ def test_killed_prepare_leaves_no_workers_and_resumes_to_the_same_shards(tmp_pat
     assert not list(src_dir.glob(TEMP_GLOB))
 
 
-def test_offline_hub_source_is_one_line_and_exit_2(tmp_path, bpe_path):
+def test_offline_hub_source_is_one_line_and_exit_2(tmp_path, bpe_path, hub_offline, capsys):
     config = write_config(tmp_path, [{"preset": "fineweb-edu"}], bpe_path)
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "trainframe", "data", "prepare", str(config)], cwd=REPO,
-                       env=hub_free_env(), capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode == 2 and time.time() - t0 < 30
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
+    assert cli("data", "prepare", config, "--workers", 1) == 2 and time.time() - t0 < 30
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert lines[0].startswith("data.sources[0]: cannot load 'HuggingFaceFW/fineweb-edu' from the Hugging Face hub "
                                "(offline: HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1)")
     assert "point the source at local files: {files: [path/*.parquet], text_field: text}" in lines[0]

@@ -41,6 +41,19 @@ def hub_free_env() -> dict:
     return {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """``hub_free_env`` in this process: the variables, and the copies of them that ``datasets``
+    and ``huggingface_hub`` took when they were imported."""
+    import datasets
+    import huggingface_hub
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+        monkeypatch.setattr(datasets.config, var, True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture(scope="session", name="bpe_path")
 def trained_bpe(tmp_path_factory) -> Path:
     """A 512-id BPE learned from Tiny Shakespeare by `trainframe tokenizer train`, once per session."""

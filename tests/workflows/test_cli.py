@@ -3,11 +3,9 @@
 import argparse
 import importlib.metadata
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from support import run_main
 from trainframe_workflows.cli import check_args, check_main
 from trainframe_workflows.schema_tokenizer import SchemaTokenizer
 from wfdata import CORPUS, DATA, need_data
@@ -96,13 +94,9 @@ def _has_entry_point():
 @pytest.mark.skipif(not _has_entry_point(), reason="trainframe is not installed (no entry points)")
 def test_trainframe_command_line(tmp_path):
     need_data()
-    env = {**os.environ}
-    r = subprocess.run([sys.executable, "-m", "trainframe", "tokenizer", "check", "--data",
-                        str(DATA / "schema_tests" / "positive"), "--json"], capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = run_main("tokenizer", "check", "--data", DATA / "schema_tests" / "positive", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["documents"] == report["roundtrip_ok"] == 37
-    r = subprocess.run([sys.executable, "-m", "trainframe", "tokenizer", "check", "--data", str(tmp_path / "nope")],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = run_main("tokenizer", "check", "--data", tmp_path / "nope")
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr

@@ -63,11 +63,19 @@ def test_constrained_sampling_from_an_untrained_model_is_always_schema_valid(tok
         assert doc == tok.decode_value(ids)[0]
 
 
+def first_disallowed(tok, ids):
+    """The index of the first token the constrained sampler's mask would have refused, or None."""
+    return next((i for i, t in enumerate(ids) if not tok.allowed_next(ids[:i])[t]), None)
+
+
 def test_unconstrained_samples_may_be_invalid(tok):
+    """Without the mask nothing keeps a sample in the grammar: from an untrained model, some sample
+    takes a token the mask would have refused (constrained, none does: the test above)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(preset="tiny", d_model=32, n_layer=1, n_head=2, context=64), tok.vocab_size())
     samples = list(sample_documents(model, tok, [tok.pad_id], [], 4, max_tokens=30, temperature=1.0, top_k=None))
     assert len(samples) == 4 and all(len(ids) <= 30 for ids, _ in samples)
+    assert any(first_disallowed(tok, ids) is not None for ids, _ in samples)
 
 
 def test_workflow_yaml_round_trips_the_corpus(corpus):
