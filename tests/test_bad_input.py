@@ -4,9 +4,9 @@ its input files and leaves nothing behind but its expected outputs.
 
 A case is ``Case(name, argv, files, code, message, ...)``:
 
-- ``argv``: the command line (a string split like a shell does, or a list); ``$RUN``, ``$WRUN``,
-  ``$EXPORT``, ``$TEXT`` and ``$CORPUS`` stand for the shared tiny run, the shared workflow run,
-  an export of the tiny run, Tiny Shakespeare and a 30-workflow corpus.
+- ``argv``: the command line (a string split like a shell does, or a list); ``$RUN``, ``$EXPORT``
+  and ``$TEXT`` stand for the shared tiny run, an export of it and Tiny Shakespeare (a plugin's
+  table adds its own, e.g. ``$WRUN``, the workflow run).
 - ``files``: what the case needs in its (fresh, current) directory, in order: text (``$`` names
   filled in), bytes, ``DIR`` (an empty folder) or ``Copy(path)`` (a copy of a file or folder).
 - ``code``: the exit status (argparse's SystemExit counts as its code).
@@ -18,7 +18,9 @@ A case is ``Case(name, argv, files, code, message, ...)``:
 - ``read_only`` / ``full``: folders where writing is refused (EACCES) / the disk is full (ENOSPC),
   both simulated in this process (root ignores permissions); ``read_only`` folders are created.
 
-To add a case, append a ``Case`` to ``CASES``.
+To add a case, append a ``Case`` to ``CASES``. The first-party plugins' commands and components
+have tables of their own on the same harness (``run_case``): tests/text/test_text_bad_input.py,
+tests/workflows/test_workflows_bad_input.py, tests/hybrid/test_hybrid_bad_input.py.
 """
 
 from __future__ import annotations
@@ -38,11 +40,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from support import SHAKESPEARE, SHARED, TINY_YAML
+from support import SHAKESPEARE, TINY_YAML
 
 from trainframe.cli import main
 
-WORKFLOWS = SHARED / "workflows" / "workflows.jsonl"
 DIR = object()  # an empty folder
 JSON = object()  # stdout is one JSON value
 
@@ -80,10 +81,6 @@ SHARDS = {  # a `tokens` shard directory whose ids are all 300: past the byte to
     "shards/index.json": '{"dtype": "uint16", "shards": [{"file": "a.bin", "tokens": 200}]}',
     "shards/a.bin": ids([300] * 200),
 }
-TEXT_CFG = """model: {name: gpt, preset: tiny, d_model: 32, n_layer: 1, n_head: 2, context: 32}
-tokenizer: {name: bytes}
-data: {name: text, dir: tdata, workers: 1, sources: [{files: [src.txt]}]}
-"""
 ZERO_NEWEST = {"r": Copy("$RUN"), "r/checkpoints/step_00000006.pt": b""}  # a save cut to nothing
 NOT_UTF8 = b"name: x\n# caf\xe9\n"  # Latin-1
 METRICS = '{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n'
@@ -95,7 +92,6 @@ CASES = [
     Case("unknown command", "bogus", {}, 2, "invalid choice: 'bogus'"),
     Case("config without subcommand", "config", {}, 2, "required: COMMAND"),
     Case("unknown option", "plugins --bogus", {}, 2, "unrecognized arguments: --bogus"),
-    Case("plugins lists", "plugins", {}, 0, "", stdout="trainframe_workflows"),
     Case("config valid", "config validate tiny.yaml", TINY, 0, "", stdout="tiny.yaml: valid"),
     Case("config missing", "config show nothere.yaml", {}, 2,
          r"^nothere\.yaml: config file not found \(relative to the current directory /"),
@@ -125,8 +121,6 @@ CASES = [
     Case("dropout nan", "config show tiny.yaml model.dropout=.nan", TINY, 2, "command line: model.dropout: expected a finite"),
     Case("min lr ratio nan", "config show tiny.yaml schedule.min_lr_ratio=.nan", TINY, 2,
          "schedule.min_lr_ratio: expected a finite number"),
-    Case("source weight inf", "config show x.yaml data.sources.0.weight=.inf", {"x.yaml": TEXT_CFG}, 2,
-         "command line: data.sources.0.weight: expected a finite number, got inf"),
     Case("child key blamed on the child", "config show x.yaml", child("optim: {lr: -1}\n"), 2,
          "x.yaml: optim.lr: expected a number > 0, got -1"),
     Case("section error blamed on the child", "config show x.yaml", child("model: {n_head: 5}\n"), 2,
@@ -255,7 +249,6 @@ CASES = [
     Case("eval token cache disk full", "eval $RUN --config x.yaml", {
         **child("data: {path: small.txt, cache_dir: c}\n"), "small.txt": "Friends, Romans, countrymen. " * 8}, 2,
         "no space left on the device while writing token shards", outputs=("c", "c/*"), full=("c",)),
-    Case("eval json on a workflow run", "eval $WRUN --batches 1 --json", {}, 0, "data: ", line=None, stdout=JSON),
 
     # ------------------------------------------------------------------------------------ export
     Case("export needs --out", "export $RUN", {}, 2, "--out: required (the export directory to write), unless --push-to-hub uploads it"),
@@ -308,9 +301,6 @@ CASES = [
          "step_00000006.pt: corrupt or unreadable checkpoint (EOFError); trying the previous one"),
     Case("generate out writes samples", "generate $RUN --out o --max-tokens 3 --n 2", {}, 0, "",
          outputs=("o", "o/*"), stdout="2 samples, 2 decoded"),
-    Case("generate workflow out hints", "generate $WRUN --out o --max-tokens 4", {}, 0,
-         "samples do not decode (samples.jsonl says why): sample with --constrained", outputs=("o", "o/*"),
-         stdout="1 samples, 0 decoded"),
 
     # -------------------------------------------------------------------------------------- plot
     Case("plot not a run", "plot nowhere", {}, 2, "nowhere: no metrics.jsonl"),
@@ -338,54 +328,6 @@ CASES = [
     Case("tokenizer train nothing", "tokenizer train", {}, 2, "tokenizer train: give a run CONFIG"),
     Case("tokenizer train bytes config", "tokenizer train tiny.yaml", TINY, 2, "tokenizer.name: 'bytes' has no trainer"),
     Case("tokenizer train kind choice", "tokenizer train --kind wordpiece", {}, 2, "argument --kind: invalid choice"),
-    Case("tokenizer train bpe without config", "tokenizer train --kind bpe", {}, 2, "--kind bpe: give a run CONFIG"),
-    Case("tokenizer train bpe textfile", "tokenizer train tiny.yaml --kind bpe", TINY, 2,
-         "the bpe trainer reads `text` datasets, got 'textfile'"),
-    Case("tokenizer train bpe vocab size", "tokenizer train x.yaml --kind bpe --out t.json --vocab-size 10",
-         {"x.yaml": TEXT_CFG}, 2, "--vocab-size: expected 260"),
-    Case("tokenizer train bpe exists", "tokenizer train x.yaml --kind bpe --out t.json", {"x.yaml": TEXT_CFG, "t.json": "{}"},
-         2, "t.json: already exists; pass --force"),
-    Case("tokenizer train bpe read-only", "tokenizer train x.yaml --kind bpe --out ro/t.json --vocab-size 300 --sample-mb 0.01",
-         {"x.yaml": TEXT_CFG, "src.txt": "the cat sat on the mat\n" * 40}, 2,
-         "ro/t.json: cannot write the tokenizer", read_only=("ro",), line=-1),
-    Case("tokenizer train schema no data", "tokenizer train --kind schema", {}, 2, "--data: required for --kind schema"),
-    Case("tokenizer train schema vocab size", "tokenizer train --kind schema --data $CORPUS --vocab-size 10", {}, 2,
-         "--vocab-size: expected at least"),
-    Case("tokenizer train schema unknown schema", "tokenizer train --kind schema --data $CORPUS --schema nope --out v.json",
-         {}, 2, "--schema: schema 'nope'"),
-    Case("tokenizer train schema no out", "tokenizer train --kind schema --data $CORPUS", {}, 2,
-         "--out: required for --kind schema"),
-    Case("tokenizer train schema missing data", "tokenizer train --kind schema --data nothere.jsonl --out v.json", {}, 2,
-         r"nothere.jsonl: no such file or directory \(relative to the current directory /"),
-    Case("tokenizer train schema read-only", "tokenizer train --kind schema --data $CORPUS --out ro/v.json --vocab-size 400",
-         {}, 2, "ro/v.json: cannot write the vocabulary: Permission denied", read_only=("ro",), line=-1),
-
-    # ------------------------------------------------------------------------------ data prepare
-    Case("prepare a textfile config", "data prepare tiny.yaml", TINY, 2, "`data prepare` reads `text` datasets"),
-    Case("prepare workers 0", "data prepare x.yaml --workers 0", {"x.yaml": TEXT_CFG}, 2, "--workers: expected a positive"),
-    Case("prepare no source files", "data prepare x.yaml", {"x.yaml": TEXT_CFG}, 2,
-         r"data.sources\[0\].files: no file matches 'src.txt' \(relative to the current directory /", outputs=("tdata", "tdata/*")),
-    Case("prepare source not utf-8", "data prepare x.yaml", {"x.yaml": TEXT_CFG, "src.txt": b"ok\ncaf\xe9\n"}, 2,
-         "data.sources[0].files: src.txt: not UTF-8 text (byte 6)", outputs=("tdata", "tdata/*")),
-    Case("prepare jsonl not utf-8", "data prepare x.yaml data.sources.0.files=[s.jsonl]",
-         {"x.yaml": TEXT_CFG, "s.jsonl": b'{"text": "ok"}\n{"text": "caf\xe9"}\n'}, 2,
-         "data.sources[0].files: s.jsonl: not UTF-8 text", outputs=("tdata", "tdata/*")),
-    Case("prepare mixed file types", "data prepare x.yaml data.sources.0.files=[a.txt,b.jsonl]",
-         {"x.yaml": TEXT_CFG, "a.txt": "a", "b.jsonl": "{}"}, 2, "expected files of one type",
-         outputs=("tdata", "tdata/*")),
-    Case("prepare hf and files", ["data", "prepare", "x.yaml", "data.sources.0={files: [a.txt], hf: a/b}"],
-         {"x.yaml": TEXT_CFG}, 2, "give exactly one of hf (a hub dataset id) or files"),
-    Case("prepare no sources", "data prepare x.yaml data.sources=[]", {"x.yaml": TEXT_CFG}, 2, "expected at least one source"),
-    Case("prepare missing column", "data prepare x.yaml data.sources.0.files=[s.jsonl] data.sources.0.text_field=body",
-         {"x.yaml": TEXT_CFG, "s.jsonl": '{"text": "ok"}\n'}, 2, "no column 'body'; columns: text",
-         outputs=("tdata", "tdata/*")),
-    Case("prepare read-only dir", "data prepare x.yaml data.dir=ro/d", {"x.yaml": TEXT_CFG, "src.txt": "hello\n"}, 2,
-         "cannot write prepared shards: Permission denied", read_only=("ro",)),
-
-    # -------------------------------------------------------------------------------- data bench
-    Case("data bench textfile", "data bench tiny.yaml", TINY, 2, "`data bench` reads `text` datasets"),
-    Case("data bench context 0", "data bench x.yaml --context 0", {"x.yaml": TEXT_CFG}, 2, "expected positive numbers"),
-    Case("data bench not prepared", "data bench x.yaml", {"x.yaml": TEXT_CFG}, 2, "not prepared for this tokenizer in tdata"),
 
     # ------------------------------------------------------------------------------------ benches
     Case("throughput steps 0", "bench throughput tiny.yaml --steps 0", TINY, 2, "--steps and --warmup: expected positive"),
@@ -394,8 +336,6 @@ CASES = [
     Case("throughput missing config", "bench throughput nothere.yaml", {}, 2, "nothere.yaml: config file not found"),
     Case("throughput lr inf", "bench throughput tiny.yaml optim.lr=.inf", TINY, 2, "optim.lr: expected a finite number"),
     Case("throughput data choice", "bench throughput tiny.yaml --data fake", TINY, 2, "argument --data: invalid choice"),
-    Case("throughput json on a workflow config", "bench throughput $WCFG --json --steps 1 --warmup 1 --data real", {}, 0,
-         "data: ", line=None, stdout=JSON),
     Case("target no config", "bench target", {}, 2, "bench target: expected CONFIG"),
     Case("target tolerance", "bench target tiny.yaml --tolerance 2", TINY, 2, "--tolerance: expected a share"),
     Case("target recipe without name", "bench target tiny.yaml --recipe a=1", TINY, 2, "expected a name first"),
@@ -411,66 +351,27 @@ CASES = [
     Case("target out read-only", "bench target tiny.yaml --out ro/bt", TINY, 2,
          "ro/bt: cannot write the bench results: Permission denied", read_only=("ro",)),
     Case("target summarize nothing", "bench target --summarize nowhere", {}, 2, "--summarize: nowhere/results.json: cannot"),
-    Case("target json on a workflow config",
-         "bench target $WCFG --seeds 1 --json --out bt --eval-every 1 trainer.max_steps=2 trainer.eval_batches=1", {}, 0,
-         "data: ", line=None, stdout=JSON, outputs=("bt", "bt/*")),
     Case("predictive unknown controller", "bench predictive tiny.yaml --controllers full,bogus", TINY, 2,
          "--controllers: unknown phase controller 'bogus'"),
-    Case("predictive without full", "bench predictive tiny.yaml --controllers hybrid", TINY, 2, "'full' is required"),
-
-    # -------------------------------------------------------------------------- workflow commands
-    Case("eval-workflows no folder", "eval-workflows nowhere", {}, 2, "nowhere: not a directory"),
-    Case("eval-workflows empty folder", "eval-workflows d", {"d": DIR}, 2, "d: no samples.jsonl and no .yml"),
-    Case("eval-workflows bad manifest", "eval-workflows d", {"d/samples.jsonl": "nope\n"}, 2, "d/samples.jsonl: not JSON lines"),
-    Case("eval-workflows unknown schema", "eval-workflows d --schema nope", {"d/a.yml": "on: push\n"}, 2,
-         "--schema: schema 'nope'"),
-    Case("eval-completion not a run", "eval-completion nowhere", {}, 2, "nowhere: not a run directory"),
-    Case("eval-completion text run", "eval-completion $RUN --checkpoint latest", {}, 2, "not a workflow model"),
-    Case("eval-completion missing data", "eval-completion $WRUN --data nothere.jsonl", {}, 2,
-         r"--data: nothere.jsonl: no such file or directory \(relative to the current directory /"),
-    Case("eval-completion cuts -1", "eval-completion $WRUN --cuts -1", {}, 2, "--cuts: expected 0 or more"),
-    Case("tokenizer check missing data", "tokenizer check --data nothere.jsonl", {}, 2,
-         "nothere.jsonl: no such file or directory (relative to the current directory"),
-    Case("tokenizer check empty folder", "tokenizer check --data d", {"d": DIR}, 2, "d: no .yml, .yaml or .json files"),
-    Case("workflow vocab missing", "config show x.yaml",
-         {"x.yaml": "model: {name: gpt, preset: tiny}\ntokenizer: {name: schema, vocab: v.json}\n"
-                    "data: {name: workflows, path: $CORPUS}\n"}, 0, "", stdout="vocab: v.json"),
-    Case("workflow vocab missing at train", "train x.yaml --run-dir r",
-         {"x.yaml": "model: {name: gpt, preset: tiny}\ntokenizer: {name: schema, vocab: v.json}\n"
-                    "data: {name: workflows, path: $CORPUS}\n"}, 2,
-         r"tokenizer.vocab: v.json: no such file \(relative to the current directory /"),
-    Case("workflow corpus missing, relative", "train x.yaml --run-dir r",
-         {"x.yaml": "model: {name: gpt, preset: tiny}\ntokenizer: {name: schema}\ndata: {name: workflows, path: w.jsonl}\n"},
-         2, r"data.path: w.jsonl: no such file or directory \(relative to the current directory /"),
 ]
 
 
 # --------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """The paths $-names stand for; the runs are trained once for the module."""
-    root = tmp_path_factory.mktemp("bad_input")
+def shared_paths(root: Path) -> dict[str, str]:
+    """The paths $-names stand for: a tiny run trained into ``root``, an export of it, the text."""
     (root / "tiny.yaml").write_text(TINY_YAML)
     run = root / "run"
     assert main(["train", str(root / "tiny.yaml"), "--run-dir", str(run), "trainer.max_steps=6",
                  "trainer.save_every=3"]) == 0
     export = root / "export"
     assert main(["export", str(run), "--out", str(export)]) == 0
-    paths = {"$RUN": run, "$EXPORT": export, "$TEXT": SHAKESPEARE}
-    if WORKFLOWS.is_file():
-        corpus = root / "w30.jsonl"
-        corpus.write_text("".join(WORKFLOWS.read_text(encoding="utf-8").splitlines(keepends=True)[:30]))
-        wcfg = root / "wtiny.yaml"
-        wcfg.write_text(f"""name: wtiny
-model: {{name: gpt, preset: tiny, d_model: 16, n_layer: 1, n_head: 2, context: 64}}
-tokenizer: {{name: schema}}
-data: {{name: workflows, path: {corpus}, val_ratio: 0.2, workers: 1}}
-loggers: [{{name: jsonl}}]
-trainer: {{max_steps: 1, batch_size: 2, eval_every: 0, eval_batches: 1, save_every: 0, sample_tokens: 0, device: cpu}}
-""")
-        assert main(["train", str(wcfg), "--run-dir", str(root / "wrun")]) == 0
-        paths.update({"$WRUN": root / "wrun", "$WCFG": wcfg, "$CORPUS": corpus})
-    return {k: str(v) for k, v in paths.items()}
+    return {k: str(v) for k, v in {"$RUN": run, "$EXPORT": export, "$TEXT": SHAKESPEARE}.items()}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """The runs are trained once for the module."""
+    return shared_paths(tmp_path_factory.mktemp("bad_input"))
 
 
 def fill(text: str, paths: dict) -> str:
@@ -575,6 +476,11 @@ def matches(pattern: str, line: str) -> bool:
 # ------------------------------------------------------------------------------------------ the test
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input(case: Case, shared, tmp_path, monkeypatch, capsys):
+    run_case(case, shared, tmp_path, monkeypatch, capsys)
+
+
+def run_case(case: Case, shared: dict, tmp_path, monkeypatch, capsys) -> None:
+    """Run one case in a fresh directory and check everything the module docstring promises."""
     needs = set(re.findall(r"\$[A-Z]+", repr(case.argv) + repr(case.files)))
     if needs - set(shared):
         pytest.skip(f"needs {', '.join(sorted(needs - set(shared)))} (the shared workflow corpus)")
