@@ -3,11 +3,13 @@
 import json
 
 import pytest
+import torch
 from support import SHAKESPEARE
 from trainframe_hybrid.controller import Machine
 
 from trainframe.config import load_config
 from trainframe.engine.build import build_trainer
+from trainframe.engine.nonfinite import DeviceSkip, HostCheck
 from trainframe.plugins import load_plugins
 
 CONFIG = f"""
@@ -65,7 +67,9 @@ def test_deferred_device_values_give_the_same_run(plugins, tmp_path):
     assert deferred.defer_sync
     deferred.fit()
     eager = trainer_for(plugins, tmp_path, "eager", "optim.fused=true", "trainer.log_every=5")
-    eager.defer_sync = False  # a host read per step
+    eager.nonfinite = HostCheck()  # a host read per step
+    assert isinstance(deferred.nonfinite, DeviceSkip)
+    assert all(isinstance(o.loss, torch.Tensor) for o in deferred.controller.late)  # the last steps, unread
     eager.fit()
     assert train_rows(tmp_path / "deferred") and ([r["loss"] for r in train_rows(tmp_path / "deferred")]
                                                  == [r["loss"] for r in train_rows(tmp_path / "eager")])
