@@ -345,36 +345,3 @@ def export_size_line(manifest: dict) -> str:
                  f"{_mb(t['packed_bytes'])} ({t['bits_per_weight']:.2f} bits/weight) against {_mb(t['bf16_bytes'])} "
                  f"in bf16 ({t['bf16_bytes'] / t['packed_bytes']:.1f}x smaller)")
     return line
-
-
-# ------------------------------------------------------------------------------------ command
-def export_args(p) -> None:
-    p.add_argument("run_dir", type=Path, help="a run directory")
-    p.add_argument("--out", type=Path, help="the export directory to write (required unless --push-to-hub)")
-    p.add_argument("--format", choices=["trainframe", "hf"], default="trainframe",
-                   help="trainframe: trainframe's layout (default); hf: a directory transformers loads with "
-                        "AutoModelForCausalLM.from_pretrained (Arcee, Llama or Qwen3 class, docs/export.md)")
-    p.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None,
-                   help="--format hf: also upload the export to this Hugging Face Hub model repository (created "
-                        "if missing; your `hf auth login` token); without --out it is written to a temporary dir")
-    p.add_argument("--private", action="store_true", help="--push-to-hub: create the repository private")
-    p.add_argument("--checkpoint", default="latest", help="best, latest or a step number (default: latest)")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                   help="dtype of model.safetensors (default float32: the exact trained weights)")
-    p.add_argument("--force", action="store_true", help="replace --out when it holds a previous export")
-
-
-def export_main(args) -> int:
-    if args.push_to_hub and args.format != "hf":
-        raise UserError("--push-to-hub: uploads transformers exports; add --format hf")
-    if args.out is None and not args.push_to_hub:
-        raise UserError("--out: required (the export directory to write), unless --push-to-hub uploads it")
-    if args.format == "hf":
-        from trainframe.hf_export import export_hf_main
-
-        return export_hf_main(args)
-    manifest = export_run(args.run_dir, args.checkpoint, args.out, force=args.force, dtype=args.dtype)
-    print(f"exported {args.run_dir} ({manifest['checkpoint']['file']}, step {manifest['checkpoint']['step']}) "
-          f"to {args.out}")
-    print(export_size_line(manifest))
-    return 0

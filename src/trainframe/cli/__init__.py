@@ -42,14 +42,14 @@ def register_commands(registry) -> None:
     from trainframe.bench import throughput_args, throughput_main
     from trainframe.bench_target import target_args, target_main
     from trainframe.cli.config import config_args, config_show_main, config_validate_main, describe_args, describe_main
+    from trainframe.cli.export import export_args, export_main
     from trainframe.cli.generate import generate_args, generate_main
+    from trainframe.cli.plot import plot_args, plot_main
     from trainframe.cli.plugins import plugins_main
     from trainframe.cli.resume import resume_args, resume_main
     from trainframe.cli.tokenizer import tokenizer_train_args, tokenizer_train_main
     from trainframe.cli.train import train_args, train_main
     from trainframe.evaluate import eval_args, eval_main
-    from trainframe.export import export_args, export_main
-    from trainframe.plot import plot_args, plot_main
 
     registry.add_command("train", train_main, train_args, help="train a model from a YAML config")
     registry.add_command("resume", resume_main, resume_args, help="continue a run from its newest good checkpoint")
