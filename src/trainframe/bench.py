@@ -9,11 +9,6 @@ are for all ranks together. The run is the config's own: same model, optimizer, 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -119,21 +114,6 @@ class StepTimer:
         return sorted(rows, key=lambda r: r["ms_per_step"], reverse=True)[:n]
 
 
-def throughput_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config file (the run to time)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. trainer.batch_size=64 model.preset=medium")
-    p.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps first, compile included (default 10)")
-    p.add_argument("--data", choices=("random", "real"), default="random",
-                   help="random tokens (like the reference loop) or the config's dataset (default random)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--profile", type=Path, metavar="TRACE.json",
-                   help="run torch.profiler over the timed steps: write a Chrome/Perfetto trace here (rank r of "
-                        "several: TRACE.rank<r>.json) and list the operators that took the most time; "
-                        "the profiler slows the steps a little")
-
-
 def measure(cfg, plugins, steps: int, warmup: int, data: str, world=None, profile: Path | None = None) -> dict:
     """Build the config's Trainer, run warmup + steps steps, return the figures (tokens over all ranks);
     with ``profile`` also write a trace there and add the top operators (key ``profile``)."""
@@ -212,30 +192,3 @@ def run_bench(config, overrides: list[str], steps: int, warmup: int, data: str, 
         return {"name": cfg.name, **measure(cfg, plugins, steps, warmup, data, world, profile)}
     finally:
         distributed.shutdown(world)
-
-
-def throughput_main(args: argparse.Namespace) -> int:
-    # With --json, stdout holds the one JSON object: the dataset's log lines go to stderr.
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        result = run_bench(args.config, args.overrides, args.steps, args.warmup, args.data, profile=args.profile)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports for all
-        return 0
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a (peak unknown for this device)"
-    mem = f"{result['peak_mem_gb']:.2f} GB" if result["peak_mem_gb"] is not None else "n/a (CPU)"
-    print(f"{result['name']}: {result['params_m']:.1f}M params, batch {result['batch_size']} x accum "
-          f"{result['grad_accum']} x context {result['context']}, {args.data} data, {result['device']}, "
-          f"torch {result['torch']}")
-    print(f"  tokens/s     {result['tokens_per_s']:,.0f}")
-    print(f"  targets/s    {result['target_tokens_per_s']:,.0f}   (counted targets: padding left out)")
-    print(f"  ms/step      {result['ms_per_step']:.2f}   ({args.steps} steps after {args.warmup} warm-up)")
-    print(f"  MFU          {mfu}")
-    print(f"  peak memory  {mem}")
-    if "profile" in result:
-        where = "GPU" if result["peak_mem_gb"] is not None else "CPU"
-        print(f"\n  most {where} time per step (self time; trace: {result['profile']['trace']})")
-        for row in result["profile"]["top"]:
-            print(f"  {row['ms_per_step']:9.3f} ms  x{row['calls_per_step']:<6.1f} {row['name'][:90]}")
-    return 0

@@ -91,38 +91,6 @@ class View:
     x2: str = "tokens"  # the x axis of the plot's second panel (a curve key)
 
 
-# ------------------------------------------------------------------------------------- the CLI
-def target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="YAML run config: every recipe's unless a --recipes entry names its own")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides applied to every recipe, before the recipe's own")
-    p.add_argument("--recipe", action="append", default=[], metavar='"NAME [KEY=VALUE ...]"',
-                   help="a recipe: a name and its overrides in one quoted string; repeat for more. The first "
-                        "recipe is the baseline (make it the plain one: AdamW, padded windows, compile on, no "
-                        "CUDA graphs); with no recipe at all, CONFIG is the only one")
-    p.add_argument("--recipes", type=Path, metavar="FILE.yaml",
-                   help="recipes from a file: 'recipes: [{name: N, config: PATH (default CONFIG), overrides: "
-                        "[KEY=VALUE, ...]}]'; they come before any --recipe; paths are relative to the "
-                        "current directory, as CONFIG is")
-    p.add_argument("--seeds", type=int, default=3, help="runs per recipe, seeds seed, seed+1, ... (default 3)")
-    budget_argument(p, default="")
-    p.add_argument("--eval-every", type=int, default=None,
-                   help="steps between val evals (default each recipe's max_steps/20); also at 50/75/100%%")
-    p.add_argument("--stop-at-target", action="store_true",
-                   help="run the baseline's seeds first, then stop every other recipe at its first eval that "
-                        "reaches the 100%% target (the baseline's final val loss)")
-    p.add_argument("--tolerance", type=float, default=TOLERANCE,
-                   help=f"a run reaches a target within this share of it (default {TOLERANCE}: 0.1%%)")
-    p.add_argument("--summarize", type=Path, nargs="+", metavar="DIR",
-                   help="train nothing: summarize DIR/results.json of an earlier bench again (with this "
-                        "--tolerance) and rewrite its table and plot; CONFIG is then not needed. Several DIRs "
-                        "(benches of one config run side by side) are merged into one summary, the first DIR's "
-                        "first recipe the baseline, written to --out (default the first DIR)")
-    p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
-    p.add_argument("--out", type=Path, default=None,
-                   help="directory for results.json, results.md, curves.png (default runs/bench-target-TIME)")
-
-
 def budget_argument(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--budgets", default=default, metavar="F,F,...",
                    help="budget-fit controls: the baseline again at these shares of its trainer.max_steps, "
@@ -139,23 +107,6 @@ def parse_budgets(text: str) -> list[float]:
         if not 0 < f < 1:
             raise UserError(f"--budgets: expected shares in (0, 1), got {f:g}")
     return budgets
-
-
-def target_main(args: argparse.Namespace) -> int:
-    from trainframe.plugins import current
-
-    if not 0 <= args.tolerance < 1:
-        raise UserError(f"--tolerance: expected a share of the loss in [0, 1), got {args.tolerance}")
-    if args.summarize:
-        return summarize_again(args.summarize, args.tolerance, args.json, out=args.out)
-    if args.config is None:
-        raise UserError("bench target: expected CONFIG (or --summarize DIR)")
-    recipes = read_recipes(args.recipes, args.config) if args.recipes else []
-    recipes += [parse_recipe(text, args.config) for text in args.recipe]
-    out = args.out or Path("runs") / f"bench-target-{time.strftime('%Y%m%d-%H%M%S')}"
-    return run(recipes or [Recipe("baseline", args.config)], args.overrides, current(), seeds=args.seeds,
-               eval_every=args.eval_every, stop_at_target=args.stop_at_target, out=out, as_json=args.json,
-               tolerance=args.tolerance, budgets=parse_budgets(args.budgets))
 
 
 def summarize_again(dirs: list[Path], tolerance: float, as_json: bool, view: View = View(),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -208,21 +207,3 @@ def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:
 def _first_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return f"{type(e).__name__}: {text[:200]}"
-
-
-def export_hf_main(args) -> int:
-    if args.push_to_hub:
-        check_repo_id(args.push_to_hub)
-    if args.out is None:  # upload only: write into a temporary directory
-        with tempfile.TemporaryDirectory(prefix="trainframe-hf-") as tmp:
-            manifest = export_hf(args.run_dir, args.checkpoint, Path(tmp) / "export", dtype=args.dtype)
-            url = push_to_hub(Path(tmp) / "export", args.push_to_hub, args.private)
-    else:
-        manifest = export_hf(args.run_dir, args.checkpoint, args.out, force=args.force, dtype=args.dtype)
-        print(f"exported {args.run_dir} ({manifest['checkpoint']['file']}, step {manifest['checkpoint']['step']}) "
-              f"to {args.out} as {manifest['hf']['architecture']} ({args.dtype}, "
-              f"{manifest['files'][HF_WEIGHTS] / 1e6:.2f} MB)")
-        url = push_to_hub(args.out, args.push_to_hub, args.private) if args.push_to_hub else None
-    if url:
-        print(f"uploaded to {args.push_to_hub}: {url}")
-    return 0
