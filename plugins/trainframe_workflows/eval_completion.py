@@ -190,7 +190,7 @@ def _summary(by_kind: dict, names: tuple) -> dict:
 def eval_completion_main(args: argparse.Namespace) -> int:
     import jsonschema
 
-    from trainframe.generation import SampleProgress
+    from trainframe.progress import Progress
     from trainframe.runs import load_run_model
 
     for flag, v in (("--cuts", args.cuts), ("--infills", args.infills)):
@@ -212,16 +212,15 @@ def eval_completion_main(args: argparse.Namespace) -> int:
     validator = jsonschema.Draft7Validator(tokenizer.schema)
     layout = data_cfg.layout(tokenizer, model.config.context)
     rng = np.random.default_rng(args.seed)
-    show = SampleProgress(args.cuts + (args.infills if layout.fim else 0), "completing")
-    step = lambda: show.advance(1)  # noqa: E731
-    try:
+    show = Progress(sys.stdout.isatty())
+    task = show.task("completing", args.cuts + (args.infills if layout.fim else 0))
+    step = lambda: show.update(task, advance=1)  # noqa: E731
+    with show:
         result["completion"] = completion_scores(model, tokenizer, data_cfg.start_tokens(tokenizer), docs, validator,
                                                  args.cuts, args.max_tokens, rng, step)
         result["infill"] = (infill_scores(model, tokenizer, layout, docs, validator, args.infills,
                                           min(args.max_tokens, model.config.context // 2), rng, step)
                             if layout.fim else None)
-    finally:
-        show.close()
     if args.json:
         print(json.dumps(result, indent=1))
         return 0

@@ -18,6 +18,7 @@ import torch
 
 from trainframe.engine import evaluation
 from trainframe.errors import UserError
+from trainframe.progress import Progress
 
 
 def eval_args(p: argparse.ArgumentParser) -> None:
@@ -117,9 +118,9 @@ def eval_main(args: argparse.Namespace) -> int:
     count = args.batches if args.batches is not None or args.split == "val" else cfg.trainer.eval_batches
     batches = _batches(dataset, args.split, batch_size, count)
 
-    show = sys.stderr.isatty() and not args.json
-    with _progress(show, count) as progress:
-        loss, tokens, n = evaluate(model, batches, device, progress)
+    with Progress(sys.stderr.isatty() and not args.json) as bar:
+        task = bar.task("evaluating", count)  # None (the whole val split): size unknown
+        loss, tokens, n = evaluate(model, batches, device, lambda k: bar.update(task, completed=k))
     if n == 0 or tokens == 0:
         raise UserError(f"{data_cfg.data['name']} dataset: the {args.split} split has no tokens to evaluate "
                         "(raise data.val_fraction?)")
@@ -134,16 +135,3 @@ def eval_main(args: argparse.Namespace) -> int:
     bpc = f"   bits per character {result['bpc']:.4f}" if "bpc" in result else ""
     print(f"loss {loss:.4f}   perplexity {result['perplexity']:.3f}{bpc}")
     return 0
-
-
-@contextlib.contextmanager
-def _progress(show: bool, total: int | None):
-    """A transient progress bar on a terminal; nothing otherwise."""
-    if not show:
-        yield None
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task("evaluating", total=total)  # None (the whole val split): size unknown
-        yield lambda n: bar.update(task, completed=n)

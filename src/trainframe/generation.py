@@ -4,8 +4,6 @@ stop token, the tokenizer's constraints and batching."""
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from trainframe.errors import UserError
@@ -58,24 +56,3 @@ def sample_documents(model, tokenizer, start: list[int], prompt: list[int], n: i
             yield (row[: row.index(stop)] if finished else row), finished
         if progress is not None:
             progress(rows)
-
-
-class SampleProgress:
-    """A rich progress bar on a terminal, nothing otherwise."""
-
-    def __init__(self, total: int, label: str = "sampling") -> None:
-        self.bar = None
-        if sys.stdout.isatty():
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True)
-            self.task = self.bar.add_task(label, total=total)
-            self.bar.start()
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

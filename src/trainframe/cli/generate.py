@@ -11,7 +11,8 @@ from pathlib import Path
 
 from trainframe.errors import UserError
 from trainframe.fileio import atomic_dir
-from trainframe.generation import SampleProgress, sample_documents
+from trainframe.generation import sample_documents
+from trainframe.progress import Progress
 from trainframe.runs import load_run_model
 
 
@@ -124,15 +125,17 @@ def generate_main(args: argparse.Namespace) -> int:
     if not start and not prompt:  # a text model: continue a newline, as before
         prompt_text = "\n"
         prompt = list(tokenizer.encode(prompt_text)) or [tokenizer.eos_id]
-    show = SampleProgress(args.n) if args.out is not None else None
+    show = Progress(args.out is not None and sys.stdout.isatty())  # samples printed to stdout: no bar there
+    task = show.task("sampling", args.n)
     rows = []
     samples = sample_documents(model, tokenizer, start, prompt, args.n, max_tokens=args.max_tokens,
                                batch_size=args.batch_size, constrained=args.constrained,
                                temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                               seed=args.seed, progress=show and show.advance, allowed_new=allowed_new)
+                               seed=args.seed, progress=lambda n: show.update(task, advance=n),
+                               allowed_new=allowed_new)
     # --out appears whole, with samples.jsonl, or not at all
     with (atomic_dir(args.out, "the samples") if args.out is not None else contextlib.nullcontext()) as folder:
-        try:
+        with show:
             for i, (new, finished) in enumerate(samples, 1):
                 if infill is not None:  # the middle goes back into the document
                     new = infill.document(new)
@@ -155,9 +158,6 @@ def generate_main(args: argparse.Namespace) -> int:
                     row["file"] = f"sample_{i:04d}{suffix}"
                     (folder / row["file"]).write_text(text, encoding="utf-8")
                 rows.append(row)
-        finally:
-            if show is not None:
-                show.close()
         if folder is not None:
             (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     if args.out is not None:
