@@ -39,6 +39,7 @@ def build_parser(registry) -> argparse.ArgumentParser:
 
 def register_commands(registry) -> None:
     """The built-in commands, registered as the built-in plugin's (see ``trainframe.plugins.load_plugins``)."""
+    # Imported here, when the commands are registered, so that `import trainframe.cli` stays cheap.
     from trainframe.cli.bench import target_args, target_main, throughput_args, throughput_main
     from trainframe.cli.config import config_args, config_show_main, config_validate_main, describe_args, describe_main
     from trainframe.cli.export import export_args, export_main
