@@ -362,11 +362,6 @@ class HybridController(PhaseController):
             delta_norms = self._set_scale(PROBE_SCALES[index % len(PROBE_SCALES)])
         elif was == "predict" and not diverged:  # no correct steps configured
             self._finish_cycle()
-        if reason and self.machine.phase == phase:
-            # The engine reports changes of the step kind; warmup -> full and full -> full (not
-            # confident enough) keep it, so they are reported here.
-            trainer.hook.trainframe_phase_change(trainer=trainer, step=trainer.step + 1, old=was, new=now,
-                                                 reason=reason)
         if not self.lean:
             torch._foreach_copy_(self.prev, [p.detach().float() for p in self.params])
         metrics["confidence"] = self.confidence

@@ -385,7 +385,8 @@ def run_one(cfg, plugins, run_dir: Path, eval_every: int | None = None, stop_at:
     clock.finish(trainer)
     controller_s, controller_flops = clock.overhead(trainer)
     return {"seed": cfg.seed, "steps": trainer.step, "optimizer_steps": clock.phases[Phase.FULL],
-            "predict_steps": clock.phases[Phase.PREDICT], "correct_steps": clock.phases[Phase.CORRECT],
+            "forward_steps": clock.phases[Phase.FORWARD], "predict_steps": clock.phases[Phase.PREDICT],
+            "correct_steps": clock.phases[Phase.CORRECT],
             "backward_passes": trainer.backward_passes, "tokens": trainer.tokens_seen,
             "useful_tokens": clock.curve[-1]["useful_tokens"],
             "flops": clock.curve[-1]["flops"], "controller_flops": controller_flops, "controller_s": controller_s,

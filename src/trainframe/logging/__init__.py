@@ -151,7 +151,9 @@ class ConsoleLogger:
             print(f"step {step}/{self.max_steps} | {info} | eta {self._eta(step)}", flush=True)
 
     @trainframe.hookimpl
-    def trainframe_phase_change(self, step, old, new, reason):
+    def trainframe_phase_change(self, trainer, step, old, new, reason):
+        if trainer.controller.quiet:
+            return
         message = f"step {step}: phase {old} -> {new} ({reason})"
         if self.progress is not None:
             self.progress.print(message)

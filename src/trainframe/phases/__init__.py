@@ -1,14 +1,21 @@
 """Phase controllers decide, step by step, what kind of step the engine runs.
 
 - ``full``: forward, backward, clip, optimizer step.
+- ``forward``: forward only, nothing updated: a step that only measures (the loss on this step's
+  batch, row losses) and leaves the weights alone.
 - ``predict``: forward only; the controller moves the weights itself (a predicted delta).
 - ``correct``: forward only; the controller applies a correction.
+
+Every step kind but ``full`` runs the same forward-only pass; the kinds differ in what the logs
+and ``bench`` count them as.
 
 A controller sees each step's outcome through :class:`StepOutcome`, reads anything else from the
 trainer (``trainer.optimizer.state`` for moments, ``trainer.optimizer.param_groups`` for groups
 and their names and lrs), and changes weights only through ``trainer.apply_weight_delta`` so that
-every data-parallel rank applies the same change. The engine fires ``trainframe_phase_change``
-when the phase differs from the previous step's.
+every data-parallel rank applies the same change. Only the engine fires ``trainframe_phase_change``,
+when the phase ``decide`` returns differs from the previous step's (with ``decide``'s reason); the
+console prints each one unless the controller sets ``quiet = True`` (routine switches, e.g. a
+forward step every k steps; the hook still fires and every metrics row carries its ``phase``).
 
 What a controller asks of the engine is declared, so the engine keeps its fast path otherwise:
 ``wants_host_values`` (each step's loss and grad norm as Python floats: a host sync per step; by
@@ -28,6 +35,7 @@ from trainframe.config import ComponentConfig
 
 class Phase(str, Enum):
     FULL = "full"
+    FORWARD = "forward"
     PREDICT = "predict"
     CORRECT = "correct"
 
@@ -56,6 +64,7 @@ class PhaseController:
     # ``bench target`` warms compile up with this controller (its batch shapes, its forward calls)
     # and then restores its state_dict; False: with a plain full-step controller instead.
     warms_up_itself = False
+    quiet = False  # True: the console does not print this controller's phase changes
 
     @property
     def wants_host_values(self) -> bool:
