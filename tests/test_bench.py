@@ -18,6 +18,7 @@ from trainframe.engine.loop import TrainingStopped
 from trainframe.plugins import load_plugins
 
 
+@pytest.mark.slow
 def test_bench_throughput_json_and_table(tiny_config, capsys):
     assert main(["bench", "throughput", str(tiny_config), "trainer.batch_size=2", "--steps", "3", "--warmup", "1",
                  "--json"]) == 0
@@ -146,6 +147,7 @@ def test_bench_profiler_is_stopped_when_the_run_ends_early(tiny_config, tmp_path
     assert not torch.autograd.profiler._is_profiler_enabled
 
 
+@pytest.mark.slow
 def test_scaling_script_runs_one_and_two_processes(tmp_path):
     """benchmarks/scaling.py on the CPU (SMOKE: tiny shape, gloo): 1-process runs, a 2-process run, the table."""
     out = tmp_path / "scaling"

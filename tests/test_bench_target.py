@@ -24,6 +24,7 @@ def _first_reach(curve, target, key):
     return next(p[key] for p in curve if p["val_loss"] <= target)
 
 
+@pytest.mark.slow
 def test_bench_target_recipes_against_the_baseline(tmp_path, capsys):
     out = tmp_path / "bench"
     summary = _bench(capsys, out, "--recipe", "base", "--recipe", "fast optim.lr=6e-3", "--seeds", "2",
@@ -69,6 +70,7 @@ def test_bench_target_recipes_against_the_baseline(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text()) == again
 
 
+@pytest.mark.slow
 def test_budget_controls_compute_factor_and_merging(tmp_path, capsys):
     a = _bench(capsys, tmp_path / "a", "--recipe", "base", "--budgets", "0.5", "--seeds", "1", "--eval-every", "5")
     assert list(a["recipes"]) == ["base", "base@0.5x"]

@@ -26,6 +26,7 @@ def row(out, key):
     raise AssertionError(f"no row for {key!r} in:\n{out}")
 
 
+@pytest.mark.slow
 def test_everything(capsys):
     code, out, err = describe(capsys)
     assert code == 0 and err == ""

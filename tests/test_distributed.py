@@ -60,6 +60,7 @@ def _rank_main(rank, config, run_dir, port, out):
     distributed.shutdown(world)
 
 
+@pytest.mark.slow
 def test_two_ranks_ddp_and_fsdp2_match_one_process_at_the_same_global_batch(tiny_config, tmp_path):
     run_dir, out = tmp_path / "ddp", tmp_path / "ranks.pt"
     mp.spawn(_rank_main, args=(str(tiny_config), str(run_dir), free_port(), str(out)), nprocs=2, join=True)
@@ -119,6 +120,7 @@ def _rng_rank_main(rank, config, run_dir, port, out, resume):
     distributed.shutdown(world)
 
 
+@pytest.mark.slow
 def test_each_rank_resumes_its_own_rng_state(tiny_config, tmp_path):
     run_dir, out = tmp_path / "rng", tmp_path / "draws"
     for resume in (False, True):  # the resume in fresh processes

@@ -233,6 +233,7 @@ def test_sigkill_and_resume_logs_the_same_losses(tiny_config, tmp_path):
     assert sorted(r["step"] for r in metrics(killed)) == sorted(r["step"] for r in metrics(reference))
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_exits_cleanly(tiny_config, tmp_path):
     run = tmp_path / "run"
     proc = _start(tiny_config, run, "trainer.max_steps=100000", "trainer.save_every=0")

@@ -217,6 +217,7 @@ def greedy_without_cache(m: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, {"n_kv_head": 2, "mlp": "gated_relu2", "qk_norm": True}])
 def test_kv_cache_greedy_matches_full_recompute(overrides):
     m = tiny(context=32, **overrides)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from support import TINY_YAML, run_cli
 from test_engine import _start, _wait_for_step
 
@@ -26,6 +27,7 @@ def snapshot(directory):
     return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_run_dir_in_use_refuses_a_second_run_and_sigterm_saves(tiny_config, tmp_path, capsys):
     run = tmp_path / "run"
     constant = ["schedule={name: constant}", "trainer.save_every=0"]  # max_steps leaves the lr alone
@@ -124,6 +126,7 @@ def test_without_file_locks_a_run_goes_on_and_says_so(tmp_path, monkeypatch, cap
     assert "cannot lock the run directory (file locks are not available on this platform)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ranks_of_one_run_share_its_directory_and_save_at_the_same_step(tiny_config, tmp_path):
     # Only rank 0 takes the lock; a checkpoint due by the clock is agreed at log steps (2, 4, 6).
     run = tmp_path / "ddp"

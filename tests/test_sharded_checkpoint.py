@@ -60,6 +60,7 @@ def _rank_main(rank, config, run_dir, port, out):
     distributed.shutdown(world)
 
 
+@pytest.mark.slow
 def test_fsdp2_sharded_checkpoints_resume_exactly_and_read_in_one_process(tiny_config, tmp_path, capsys):
     run_dir, out = tmp_path / "run", tmp_path / "result.pt"
     mp.spawn(_rank_main, args=(str(tiny_config), str(run_dir), free_port(), str(out)), nprocs=2, join=True)

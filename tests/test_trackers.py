@@ -25,6 +25,7 @@ def train_and_resume(tiny_config, run, logger: str) -> None:
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 16))  # the jsonl rule: redone rows replace
 
 
+@pytest.mark.slow
 def test_missing_package_names_the_extra(tiny_config, tmp_path, monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("wandb", "mlflow")

@@ -93,6 +93,7 @@ def test_chunked_loss_under_bf16_autocast():
     assert_same(loss_and_grads(model, call), loss_and_grads(model, call, chunk=6), rtol=2e-2, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_with_torch_compile():
     """The aot_eager backend runs what inductor compiles (dynamo, the checkpoint in the joint graph,
     the partitioner) in seconds; inductor itself gave the same on the CPU."""

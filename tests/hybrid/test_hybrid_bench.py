@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from support import run_main
 
 
+@pytest.mark.slow
 def test_bench_predictive_tiny(tiny_config, tmp_path):
     out = tmp_path / "bench"
     result = run_main("bench", "predictive", tiny_config, "--seeds", "2", "--controllers",

@@ -155,6 +155,7 @@ def test_correct_moves_back_toward_the_trajectory(plugins, config, tmp_path):
     assert distance(c.params, start) < distance(after_predict, start)
 
 
+@pytest.mark.slow
 def test_metrics_and_exact_resume_mid_predict(plugins, config, tmp_path):
     a = make_trainer(plugins, config, tmp_path / "a", "trainer.grad_accum=2")
     a.fit()
@@ -185,6 +186,7 @@ def test_metrics_and_exact_resume_mid_predict(plugins, config, tmp_path):
 
 
 # ------------------------------------------------------------------------------- components
+@pytest.mark.slow
 def test_dynamics_model_learns_a_loss_curve():
     """On a synthetic run (loss decaying like a power law, noisy), the one-step prediction error
     of the ensemble falls as it trains online."""

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -40,6 +41,7 @@ def _rank_main(rank, config, run_dir, port, out):
     distributed.shutdown(world)
 
 
+@pytest.mark.slow
 def test_ranks_agree_on_phases_and_weights(tmp_path):
     # Imported here: the spawned ranks import this module, and must not need the test-suite's conftest.
     from test_hybrid_controller import CONFIG

@@ -38,6 +38,7 @@ def test_tokenizer_files_travel_with_the_export(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_hf_export_bpe_tokenizer(tmp_path):
     transformers = pytest.importorskip("transformers")
     from trainframe_text.bpe import save_atomic, train_bpe

@@ -98,6 +98,7 @@ def test_uint32_shards_for_large_vocabularies(tmp_path):
     assert np.fromfile(tmp_path / "chunk_00000.bin", dtype=np.uint32).tolist() == [97, 98, 70000]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_killed_prepare_leaves_no_workers_and_resumes_to_the_same_shards(tmp_path, bpe_path, capsys):
     source = {"files": [str(SHAKESPEARE)], "sample_by": "paragraph"}

@@ -163,6 +163,7 @@ def fim_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_generate_infill_and_completion_cli(fim_run, tmp_path, capsys, monkeypatch, validator):
     from support import REPO
 

@@ -195,6 +195,7 @@ build_workflows(cfg, tokenizer=SchemaTokenizer(), context=64, seed=0)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_killed_run_leaves_no_workers_and_resumes(tok, tmp_path, small_lines, monkeypatch, capsys):
     path = write_jsonl(tmp_path / "w.jsonl", small_lines)

@@ -101,6 +101,7 @@ def test_bad_input_is_one_line(tok, tmp_path):
         build(ByteTokenizer(), write_corpus(tmp_path / "c"), tmp_path)
 
 
+@pytest.mark.slow
 def test_split_by_repository_on_the_shared_corpus(tok, tmp_path):
     if not CORPUS.is_file():
         pytest.skip("shared workflow data not present")

@@ -39,6 +39,7 @@ def cli(capsys, monkeypatch):
     return run
 
 
+@pytest.mark.slow
 def test_constrained_sampling_from_an_untrained_model_is_always_schema_valid(tok, validator):
     """Every sample the mask lets finish is a schema-valid workflow, from a model that knows nothing.
 
@@ -101,6 +102,7 @@ def test_eval_workflows_counts(tmp_path, validator):
         assert r["actionlint_clean"] == 2 and r["actionlint_findings"] >= 2
 
 
+@pytest.mark.slow
 def test_generate_and_eval_cli(tmp_path, cli):
     """train a tiny run, sample constrained and unconstrained workflows, evaluate and plot them."""
     if not CORPUS.is_file():

@@ -49,6 +49,7 @@ def test_mutated_real_encodings_decode_valid_or_raise(tok, validator, encoded, d
     _check_decode(tok, validator, ids[:cut] if data.draw(st.booleans()) else ids)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_allowed_next_walks_always_decode_to_valid_documents(tok, validator, data):
