@@ -1,12 +1,16 @@
-"""The layers of docs/architecture.md, checked on the source: imports only point down.
+"""The layers of docs/architecture.md: imports only point down.
 
-Every import counts, also one inside a function. Modules are read with ``ast``, not imported.
+The walk reads every module with ``ast`` (nothing imported; an import inside a function counts).
+Two runs check the same at run time: the library loads no command code, and the CLI adds its
+commands to plugins that library code loaded first.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
-from support import REPO
+from support import REPO, run_main
 
 SRC = REPO / "src" / "trainframe"
 PLUGINS = [REPO / "plugins", REPO / "examples"]  # first-party plugins and the one to copy
@@ -85,3 +89,21 @@ def test_no_core_module_imports_a_plugin():
 def test_plugins_import_no_cli_module():
     wrong = [line for root in PLUGINS for line in violations(root, lambda t: within(t, CLI))]
     assert not wrong, "plugins use the library (docs/architecture.md), not the CLI's modules:\n" + "\n".join(wrong)
+
+
+def test_the_library_loads_no_command_code():
+    code = ("import sys; from trainframe.plugins import current; from trainframe.runs import load_run; "
+            "registry = current().registry; "
+            "print(sorted(m for m in sys.modules if m.startswith('trainframe.cli')), 'train' in registry.commands)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split("\n")[0] == "[] False"
+
+
+def test_the_cli_adds_its_commands_to_plugins_the_library_loaded(monkeypatch):
+    from trainframe import plugins
+
+    monkeypatch.setattr(plugins, "_CURRENT", plugins.load_plugins())
+    assert "train" not in plugins.current().registry.commands
+    result = run_main("plugins")
+    assert result.returncode == 0 and "command: bench target, bench throughput" in result.stdout
+    assert plugins.current().registry.commands["train"].plugin == "trainframe"
