@@ -408,7 +408,7 @@ def test_failed_registration_isolates_the_plugin(register, status, capsys):
     assert "x" not in plugins.registry.names("schedule")
     assert plugins.registry.get("schedule", "cosine").plugin == "trainframe"
     assert plugins.registry.get("schedule", "flat").plugin == "good" and status_of(plugins, "good") == "ok"
-    plugins.hook.trainframe_fit_start(trainer="t")
+    plugins.hook.trainframe_fit_start(trainer="t", resumed_from=None)
     assert calls == []  # the failed plugin's other hooks are unregistered too
 
 

@@ -21,13 +21,16 @@ def trainframe_register(registry):
 
 
 @hookspec
-def trainframe_fit_start(trainer):
-    """Training is about to run its first step (also after a resume: ``trainer.step`` may be > 0)."""
+def trainframe_fit_start(trainer, resumed_from):
+    """Training is about to run its first step. ``resumed_from``: the step of the checkpoint a
+    ``resume`` continues from (rows a logger wrote after that step are redone: drop or skip them),
+    else None."""
 
 
 @hookspec
 def trainframe_fit_end(trainer):
-    """Training finished or stopped (max steps, SIGINT/SIGTERM, bad-step limit); the final checkpoint is saved."""
+    """Training finished or stopped (max steps, SIGINT/SIGTERM, ``request_stop``, bad-step limit); the
+    final checkpoint is saved."""
 
 
 @hookspec
@@ -85,8 +88,9 @@ def trainframe_sample(trainer, step, prompt, text):
 
 
 @hookspec
-def trainframe_log(trainer, step, metrics):
-    """Write ``metrics`` (a flat dict of numbers and strings) for ``step``. Loggers implement this."""
+def trainframe_log(trainer, step, metrics, kind):
+    """Write ``metrics`` (a flat dict of numbers and strings) for ``step``; ``kind`` is 'train' (a log
+    step's row) or 'eval' (a validation's). Loggers implement this."""
 
 
 @hookspec

@@ -121,7 +121,12 @@ def fit(trainer) -> int:
     stopped = trainer.stop_signal if reason == "interrupted" else None
     if trainer.world.is_main:
         what = {None: "finished", signal.SIGINT: "interrupted"}.get(stopped, "terminated")
-        print(f"{what} at step {trainer.step}{val}; run dir {trainer.run_dir}")
+        if reason not in ("done", "interrupted"):  # trainer.request_stop(reason): a stop, not an error
+            val = f" (best val loss {trainer.best_val:.4f})" if val else ""
+            print(f"stopped at step {trainer.step}: {trainer.stop_message or reason}{val}; run dir {trainer.run_dir}")
+        else:
+            print(f"{what} at step {trainer.step}{val}; run dir {trainer.run_dir}")
     # Stopped by a signal: the status of a process the signal killed (130, 143), so that scripts and
     # schedulers do not take the run for finished; the checkpoint is written, `resume` goes on.
+    # Stopped by a component (request_stop): 0, the run ended as its config asked.
     return 128 + stopped if stopped else 0

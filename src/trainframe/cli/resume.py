@@ -39,6 +39,7 @@ def _resume(cfg, plugins, args: argparse.Namespace, world) -> int:
     try:
         return _continue(trainer, cfg, plugins, args, world)
     finally:
+        trainer.detach_listeners()  # resume attached them; a run with nothing to do never fits
         held.release()
 
 
@@ -47,11 +48,17 @@ def _continue(trainer, cfg, plugins, args: argparse.Namespace, world) -> int:
     say = print if world.is_main else (lambda *a, **k: None)
     if ckpt.step_checkpoints(args.run_dir / "checkpoints"):
         path, old_max = trainer.resume()
+        if trainer.resumed_stop is not None and cfg.trainer.max_steps <= old_max:
+            # Stopped by a component (trainer.request_stop): done within its budget; a larger one goes on.
+            say(f"run stopped at step {trainer.step}: {trainer.resumed_stop}; nothing to do "
+                "(raise trainer.max_steps to continue)")
+            return 0
         say(f"resuming from {path} at step {trainer.step}")
     else:  # killed before its first checkpoint: the same run from the start, its metric rows dropped
         if world.is_main:
             truncate_metrics(args.run_dir, 0)
         old_max = cfg.trainer.max_steps
+        trainer.resumed_from = 0
         say(f"resuming {args.run_dir} from step 0: it stopped before its first checkpoint")
     if old_max != cfg.trainer.max_steps:
         name, schedule_cfg = cfg.component("schedule")

@@ -118,6 +118,16 @@ def broadcast_object(obj, world: World):
     return box[0]
 
 
+def first_given(obj, world: World):
+    """The value of ``obj`` of the lowest rank where it is not None, on every rank (a stop reason
+    that some ranks gave: every rank must call this, so only once they agreed one was given)."""
+    if not world.distributed:
+        return obj
+    values = [None] * world.size
+    dist.all_gather_object(values, obj)
+    return next((v for v in values if v is not None), None)
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

@@ -28,6 +28,12 @@ SIGINT (Ctrl-C) or SIGTERM: the step finishes, a checkpoint is written, ``fit`` 
 ``interrupted`` (``stop_signal`` says which); under data parallelism the ranks agree on it, and
 on a checkpoint due by the clock, at the next log step (``flush``).
 
+A component ends a run early with ``trainer.request_stop(reason)``: the same path (the step
+finishes, a checkpoint is written), ``fit`` returns ``stopped``, ``trainer.stop_message`` is the
+reason, kept in the checkpoint's ``loop`` entry (``stopped``) so that ``resume`` leaves the run
+stopped unless ``trainer.max_steps`` is raised. Under data parallelism the ranks agree on it in
+``flush``, with the signals.
+
 No host sync in the hot path. What a NaN/Inf step does is one policy, chosen once
 (``Trainer.nonfinite``, ``engine/nonfinite.py``): with an optimizer that can skip an update on the
 device (fused AdamW, the CUDA default) and a controller that does not read each step's outcome,
@@ -137,18 +143,21 @@ class Trainer:
         self.peak_flops = peak_flops(device)
         self.loop = LoopState()
         self.stop_reason: str | None = None
+        self.stop_message: str | None = None  # the reason given to request_stop
+        self.resumed_from: int | None = None  # the step of the checkpoint resumed from (fit_start's)
+        self.resumed_stop: str | None = None  # that checkpoint's stop_message: the run was stopped there
         self._window_start = (time.perf_counter(), 0)  # (time, tokens) where tokens/s is measured from
 
     # ------------------------------------------------------------------------------------ the fit
     def fit(self, finish: bool = True) -> str:
-        """Train to ``max_steps`` (or until stopped). Returns why it ended: done, interrupted.
+        """Train to ``max_steps`` (or until stopped). Returns why it ended: done, interrupted, stopped.
         ``finish=False`` leaves out the final eval, checkpoint and sample (the throughput benchmark)."""
         t, loop = self.config.trainer, self.loop
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._attach_listeners()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self.hook.trainframe_fit_start(trainer=self)
+            self.hook.trainframe_fit_start(trainer=self, resumed_from=self.resumed_from)
             self.controller.start(self)
             # Started after fit_start, any resume and the controller's start, so it reads ahead from
             # the restored position.
@@ -180,8 +189,7 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.hook.trainframe_fit_end(trainer=self)
-            for obj in self.listeners:
-                self.plugins.manager.unregister(obj)
+            self.detach_listeners()
         if self.stop_reason == "nonfinite":
             raise TrainingStopped(
                 f"stopped after {t.max_bad_steps} consecutive steps with a NaN/Inf loss or gradient at step "
@@ -194,6 +202,12 @@ class Trainer:
         for obj in self.listeners:
             if not self.plugins.manager.is_registered(obj):
                 self.plugins.manager.register(obj)
+
+    def detach_listeners(self) -> None:
+        """Loggers and callbacks receive no more hooks: when a fit ends, or a resume has nothing to do."""
+        for obj in self.listeners:
+            if self.plugins.manager.is_registered(obj):
+                self.plugins.manager.unregister(obj)
 
     def _on_signal(self, signum, frame):
         """SIGINT or SIGTERM (kill, docker stop, SLURM, Kubernetes): save after the step, then stop."""
@@ -214,6 +228,19 @@ class Trainer:
             f" ({'Ctrl-C' if signum == signal.SIGINT else 'the same signal'} again to abort)"
         if self.world.is_main:
             print(f"\ntrainframe: {what}; saving a checkpoint after {when}{again}", file=sys.stderr, flush=True)
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after the current step for ``reason`` (one line; printed, and kept in the
+        checkpoint so that ``resume`` knows). The way for a callback or logger to stop a run: it
+        goes the way a signal does (checkpoint, no final eval or sample), but exits 0. The first
+        request wins; under data parallelism the ranks stop together at the next log step (``flush``)."""
+        reason = " ".join(str(reason).split())
+        if not reason:
+            raise ValueError("request_stop: give a reason (a short line, e.g. 'val loss rose 3 evals in a row')")
+        if self.stop_message is None:
+            self.stop_message = reason
+        if not self.world.distributed:
+            self.stop_reason = self.stop_reason or "stopped"
 
     def _checkpoint_due(self) -> bool:
         """A step checkpoint after this step: every ``save_every`` steps, and once ``save_every_minutes``
@@ -317,16 +344,20 @@ class Trainer:
 
     def flush(self) -> None:
         """Read back the deferred per-step values (one host sync) and settle the skip counters;
-        under data parallelism also agree on a stop signal and on a checkpoint due by the clock
-        (any rank's), so every rank stops and saves after the same step."""
+        under data parallelism also agree on a stop signal, a ``request_stop`` and a checkpoint due by
+        the clock (any rank's), so every rank stops and saves after the same step."""
         self.nonfinite.flush(self)
         if self.world.distributed:
             flags = torch.tensor([self.stop_signal == signal.SIGINT, self.stop_signal == signal.SIGTERM,
-                                  self._minutes_due()], dtype=torch.float32, device=self.device)
-            sigint, sigterm, save_due = distributed.total(flags, self.world).tolist()
+                                  self._minutes_due(), self.stop_message is not None],
+                                 dtype=torch.float32, device=self.device)
+            sigint, sigterm, save_due, requested = distributed.total(flags, self.world).tolist()
             if sigint or sigterm:
                 self.stop_signal = signal.SIGTERM if sigterm else signal.SIGINT
                 self.stop_reason = self.stop_reason or "interrupted"
+            if requested and self.stop_reason is None:  # stop_reason is the same on every rank here
+                self.stop_message = distributed.first_given(self.stop_message, self.world)
+                self.stop_reason = "stopped"
             self._save_agreed = save_due > 0
 
     def _next_batch(self):
@@ -404,7 +435,7 @@ class Trainer:
             row["mfu"] = mfu
         if self.device.type == "cuda":
             row["peak_mem_gb"] = self.peak_mem_gb()
-        self.hook.trainframe_log(trainer=self, step=loop.step, metrics=row)
+        self.hook.trainframe_log(trainer=self, step=loop.step, metrics=row, kind="train")
 
     # ----------------------------------------------------------------------------- eval, sample
     @torch.no_grad()
@@ -424,7 +455,7 @@ class Trainer:
         scores = evaluation.scores(loss_sum / count, getattr(self.dataset, "chars_per_token", None))
         metrics = {f"val_{k}": v for k, v in scores.items()}  # val_loss, val_ppl, val_bpc
         self.hook.trainframe_eval_end(trainer=self, step=self.loop.step, metrics=metrics)
-        self.hook.trainframe_log(trainer=self, step=self.loop.step, metrics=dict(metrics))
+        self.hook.trainframe_log(trainer=self, step=self.loop.step, metrics=dict(metrics), kind="eval")
         if metrics["val_loss"] < self.loop.best_val:
             self.loop.best_val = metrics["val_loss"]
             self.save(self.run_dir / "checkpoints" / "best.pt")
@@ -485,7 +516,9 @@ class Trainer:
         return {
             "model": model_state,
             "optimizer": optim_state,
-            "loop": {**self.loop.state_dict(), "max_steps": self.max_steps, "world_size": self.world.size},
+            # "stopped": request_stop's reason, only in the checkpoints of a stopped run (resume reads it)
+            "loop": {**self.loop.state_dict(), "max_steps": self.max_steps, "world_size": self.world.size,
+                     **({"stopped": self.stop_message} if self.stop_reason == "stopped" else {})},
             "data": self._batches.state_dict() if self._batches is not None else self.dataset.state_dict(),
             "rng": rng,  # rank 0's: the single-process format, and what checkpoints without rng_ranks hold
             **extra,
@@ -568,6 +601,7 @@ class Trainer:
         path, state = ckpt.load_latest_good(self.run_dir / "checkpoints", loader=loader)
         self._attach_listeners()
         self.load_state_dict(state, path)
+        self.resumed_from, self.resumed_stop = self.loop.step, state["loop"].get("stopped")
         if self.world.is_main:
             truncate_metrics(self.run_dir, self.loop.step)
         return path, state["loop"]["max_steps"]

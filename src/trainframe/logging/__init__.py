@@ -73,14 +73,14 @@ class TensorboardLogger:
         self.writer = None
 
     @trainframe.hookimpl
-    def trainframe_log(self, step, metrics):
+    def trainframe_log(self, step, metrics, kind):
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
 
             self.writer = SummaryWriter(str(self.dir))
+        group = "val" if kind == "eval" else "train"
         for key, value in metrics.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
-                group = "val" if key.startswith("val_") else "train"
                 self.writer.add_scalar(f"{group}/{key}", value, step)
 
     @trainframe.hookimpl
@@ -127,7 +127,7 @@ class ConsoleLogger:
         return f"{int(left // 60)}m{int(left % 60):02d}s"
 
     @trainframe.hookimpl
-    def trainframe_log(self, step, metrics):
+    def trainframe_log(self, step, metrics, kind):
         parts = []
         if "loss" in metrics:
             parts.append(f"loss {metrics['loss']:.4f}")
@@ -143,7 +143,7 @@ class ConsoleLogger:
             parts.append(f"phase {metrics['phase']}")
         info = " | ".join(parts)
         if self.progress is not None:
-            if "val_loss" in metrics:  # evals stay on screen above the bar
+            if kind == "eval":  # evals stay on screen above the bar
                 self.progress.print(f"step {step}: {info}")
             else:
                 self.progress.update(self.task, completed=step, info=info)

@@ -44,18 +44,21 @@ def require(package: str, extra: str) -> None:
         raise ValueError(f"the {package} package is not installed: pip install 'trainframe[{extra}]'")
 
 
-def scalars(metrics: dict) -> dict[str, float]:
-    """Finite numbers of a metric row under the tensorboard names (``train/loss``, ``val/val_loss``)."""
+def scalars(metrics: dict, kind: str) -> dict[str, float]:
+    """Finite numbers of a metric row of ``kind`` (trainframe_log's) under the tensorboard names
+    (``train/loss``, ``val/val_loss``)."""
+    group = row_kind(kind)
     out = {}
     for key, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             continue
-        out[f"{'val' if key.startswith('val_') else 'train'}/{key}"] = float(value)
+        out[f"{group}/{key}"] = float(value)
     return out
 
 
-def row_kind(metrics: dict) -> str:
-    return "val" if any(k.startswith("val_") for k in metrics) else "train"
+def row_kind(kind: str) -> str:
+    """The state file's name for trainframe_log's ``kind`` ("eval" rows are "val" there)."""
+    return "val" if kind == "eval" else "train"
 
 
 def flatten(data, prefix: str = "") -> dict[str, str]:
@@ -174,12 +177,12 @@ class WandbLogger(_Tracker):
         self.state.run_id = self.run.id
 
     @trainframe.hookimpl
-    def trainframe_log(self, step, metrics):
-        kind = row_kind(metrics)
-        if self.run is None or not self._take(kind, step):
+    def trainframe_log(self, step, metrics, kind):
+        row = row_kind(kind)
+        if self.run is None or not self._take(row, step):
             return
-        self.run.log(scalars(metrics), step=step)
-        self.state.mark(kind, step)
+        self.run.log(scalars(metrics, kind), step=step)
+        self.state.mark(row, step)
 
     @trainframe.hookimpl
     def trainframe_sample(self, step, prompt, text):
@@ -262,17 +265,17 @@ class MlflowLogger(_Tracker):
         self.state.run_id = self.run_id
 
     @trainframe.hookimpl
-    def trainframe_log(self, step, metrics):
-        kind = row_kind(metrics)
-        if self.run_id is None or not self._take(kind, step):
+    def trainframe_log(self, step, metrics, kind):
+        row = row_kind(kind)
+        if self.run_id is None or not self._take(row, step):
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        rows = [Metric(key, value, now, step) for key, value in scalars(metrics).items()]
+        rows = [Metric(key, value, now, step) for key, value in scalars(metrics, kind).items()]
         if rows:
             self.client.log_batch(self.run_id, metrics=rows)
-        self.state.mark(kind, step)
+        self.state.mark(row, step)
 
     @trainframe.hookimpl
     def trainframe_sample(self, step, prompt, text):
