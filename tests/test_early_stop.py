@@ -15,7 +15,7 @@ from trainframe.config import ComponentConfig, load_config
 from trainframe.engine import checkpoint as ckpt
 from trainframe.engine import distributed
 from trainframe.engine.build import build_trainer
-from trainframe.testing import load_test_plugins
+from trainframe.plugins import load_plugins
 
 
 class StopAtConfig(ComponentConfig):
@@ -43,7 +43,7 @@ STOPPER.trainframe_register = trainframe_register
 
 @pytest.fixture
 def plugins(monkeypatch):
-    loaded = load_test_plugins(("stopper", STOPPER))
+    loaded = load_plugins(extra=[("stopper", STOPPER)])
     monkeypatch.setattr(plugins_module, "_CURRENT", loaded)
     return loaded
 

@@ -11,7 +11,7 @@ from trainframe import plugins as plugins_module
 from trainframe.config import ComponentConfig
 from trainframe.engine import checkpoint as ckpt
 from trainframe.logging.trackers import row_kind, scalars
-from trainframe.testing import load_test_plugins
+from trainframe.plugins import load_plugins
 
 SEEN: list = []  # what the recorder loggers were told, in order
 
@@ -41,7 +41,7 @@ RECORDER.trainframe_register = trainframe_register
 
 @pytest.fixture
 def plugins(monkeypatch):
-    loaded = load_test_plugins(("recorder", RECORDER))
+    loaded = load_plugins(extra=[("recorder", RECORDER)])
     monkeypatch.setattr(plugins_module, "_CURRENT", loaded)
     SEEN.clear()
     return loaded
