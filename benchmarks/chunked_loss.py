@@ -117,7 +117,7 @@ class Probe:
 
     @trainframe.hookimpl
     def trainframe_step_start(self, step):
-        if step != self.warmup:
+        if step != self.warmup + 1:  # the first timed step (hooks number steps from 1)
             return
         import torch
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainframe import SupportsInfill
 from trainframe.errors import UserError
 from trainframe.fileio import relative_note
 
@@ -203,7 +204,7 @@ def eval_completion_main(args: argparse.Namespace) -> int:
         raise UserError(f"--data: {args.data}: no such file or directory{relative_note(args.data)}")
     cfg, tokenizer, model = load_run_model(args.run_dir, args.checkpoint, args.device)
     _, data_cfg = cfg.component("data")
-    if not (hasattr(tokenizer, "infill") and hasattr(data_cfg, "layout")):
+    if not (isinstance(tokenizer, SupportsInfill) and hasattr(data_cfg, "layout")):
         raise UserError(f"{args.run_dir}: not a workflow model (tokenizer {type(tokenizer).__name__})")
     with contextlib.redirect_stdout(sys.stderr):  # the dataset's log lines: stdout is for the result
         figures, docs = held_out(model, tokenizer, data_cfg, args.data, args.batch_size)

@@ -75,7 +75,7 @@ class StepTimer:
     # runs in between and belongs to the warm-up.
     @trainframe.hookimpl
     def trainframe_step_start(self, step):
-        if step == self.warmup:
+        if step == self.warmup + 1:  # the first timed step (hooks number steps from 1)
             self._sync()
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)

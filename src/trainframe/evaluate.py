@@ -19,6 +19,7 @@ import torch
 from trainframe.engine import evaluation
 from trainframe.errors import UserError
 from trainframe.progress import Progress
+from trainframe.protocols import HasCharsPerToken
 
 
 def eval_args(p: argparse.ArgumentParser) -> None:
@@ -124,7 +125,8 @@ def eval_main(args: argparse.Namespace) -> int:
     if n == 0 or tokens == 0:
         raise UserError(f"{data_cfg.data['name']} dataset: the {args.split} split has no tokens to evaluate "
                         "(raise data.val_fraction?)")
-    scores = evaluation.scores(loss, getattr(dataset, "chars_per_token", None) if args.split == "val" else None)
+    bpc = args.split == "val" and isinstance(dataset, HasCharsPerToken)
+    scores = evaluation.scores(loss, dataset.chars_per_token if bpc else None)
     result = {"path": str(args.path), "source": _source(args.path, checkpoint, args.packed),
               "dataset": data_cfg.data["name"], "split": args.split, "batches": n, "tokens": tokens,
               **{"perplexity" if k == "ppl" else k: v for k, v in scores.items()}}  # loss, perplexity, bpc

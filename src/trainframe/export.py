@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from trainframe.config import load_raw, resolve
 from trainframe.errors import UserError
 from trainframe.fileio import atomic_dir
+from trainframe.protocols import SupportsSave
 from trainframe.model.bitlinear import (
     BitLinear,
     dequantize,
@@ -108,7 +109,7 @@ def _export_tokenizer(tokenizer, section: dict, out: Path) -> tuple[dict, list[s
     section = dict(section)
     tok_dir = out / "tokenizer"
     tok_dir.mkdir()
-    if hasattr(tokenizer, "save"):
+    if isinstance(tokenizer, SupportsSave):
         files = tokenizer.save(tok_dir) or {}
     else:
         files = {}

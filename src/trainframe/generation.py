@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from trainframe.errors import UserError
+from trainframe.protocols import SupportsAllowedNext, SupportsClosingCost
 
 
 def sample_documents(model, tokenizer, start: list[int], prompt: list[int], n: int, *, max_tokens: int,
@@ -28,10 +29,10 @@ def sample_documents(model, tokenizer, start: list[int], prompt: list[int], n: i
         base = len(start) + len(prompt)
         allowed = lambda row: allowed_new(row[base:])  # noqa: E731
     elif constrained:
-        if not hasattr(tokenizer, "allowed_next"):
+        if not isinstance(tokenizer, SupportsAllowedNext):
             raise UserError(f"--constrained: the tokenizer {type(tokenizer).__name__} has no allowed_next")
         skip, base = len(start), len(start) + len(prompt)
-        if hasattr(tokenizer, "closing_cost") and stop is not None:
+        if isinstance(tokenizer, SupportsClosingCost) and stop is not None:
             allowed = lambda row: tokenizer.allowed_next(row[skip:], budget=max_tokens - 1 - (len(row) - base))
         else:
             allowed = lambda row: tokenizer.allowed_next(row[skip:])
@@ -39,7 +40,7 @@ def sample_documents(model, tokenizer, start: list[int], prompt: list[int], n: i
             allowed(start + prompt)
         except ValueError as e:
             raise UserError(f"--constrained: the prompt cannot be completed: {e}") from None
-        if hasattr(tokenizer, "closing_cost") and (need := tokenizer.closing_cost(prompt) + 1) > max_tokens:
+        if isinstance(tokenizer, SupportsClosingCost) and (need := tokenizer.closing_cost(prompt) + 1) > max_tokens:
             raise UserError(f"--max-tokens: {max_tokens} is too few: the shortest complete document from this "
                             f"prompt takes {need} more tokens, its end token included")
     device = next(model.parameters()).device

@@ -13,6 +13,8 @@ from trainframe.errors import UserError
 from trainframe.fileio import atomic_dir
 from trainframe.generation import sample_documents
 from trainframe.progress import Progress
+from trainframe.protocols import (SupportsAllowedNext, SupportsBudgetLimited, SupportsCompleteTyped,
+                                  SupportsDecodeFile, SupportsInfill)
 from trainframe.runs import load_run_model
 
 
@@ -71,7 +73,7 @@ def _prompt(args: argparse.Namespace, tokenizer) -> tuple[list[int], str]:
 
 def _render(tokenizer, ids: list[int], prompt_text: str | None, new: list[int]) -> tuple[str, str]:
     """(file text, suffix): the tokenizer's ``decode_file`` when it has one, else decoded text."""
-    if hasattr(tokenizer, "decode_file"):
+    if isinstance(tokenizer, SupportsDecodeFile):
         return tokenizer.decode_file(ids)
     if prompt_text is None:
         return tokenizer.decode(ids), ".txt"
@@ -103,13 +105,13 @@ def generate_main(args: argparse.Namespace) -> int:
     start = list(data_cfg.start_tokens(tokenizer)) if hasattr(data_cfg, "start_tokens") else []
     infill = allowed_new = None
     if args.infill is not None:
-        if not (hasattr(tokenizer, "infill") and hasattr(data_cfg, "layout")):
+        if not (isinstance(tokenizer, SupportsInfill) and hasattr(data_cfg, "layout")):
             raise UserError(f"--infill: the run's tokenizer {type(tokenizer).__name__} and dataset cannot fill in "
                             "the middle")
         infill = tokenizer.infill(_read_text(args.infill, "--infill"), args.at,
                                   data_cfg.layout(tokenizer, model.config.context), args.max_tokens)
         start, prompt, prompt_text, allowed_new = infill.prompt, [], None, infill.allowed
-    elif args.prefix_from is not None and args.prefix_tokens is None and hasattr(tokenizer, "complete_typed"):
+    elif args.prefix_from is not None and args.prefix_tokens is None and isinstance(tokenizer, SupportsCompleteTyped):
         typed = tokenizer.complete_typed(_read_text(args.prefix_from, "--prefix-from"))
         print(f"completing {args.prefix_from} from its first {typed.lines} of {len(typed.text.splitlines())} "
               f"lines ({len(typed.prompt)} tokens)", file=sys.stderr)
@@ -141,7 +143,7 @@ def generate_main(args: argparse.Namespace) -> int:
                     new = infill.document(new)
                 row = {"sample": i, "file": None, "tokens": len(prompt) + len(new), "prompt_tokens": len(prompt),
                        "finished": finished, "error": None}
-                if args.constrained and allowed_new is None and hasattr(tokenizer, "budget_limited"):
+                if args.constrained and allowed_new is None and isinstance(tokenizer, SupportsBudgetLimited):
                     row["budget_closed"] = tokenizer.budget_limited(prompt, new, args.max_tokens - 1)
                 try:
                     text, suffix = _render(tokenizer, prompt + new, prompt_text, new)
@@ -167,7 +169,7 @@ def generate_main(args: argparse.Namespace) -> int:
               + (f" ({closed} closed early to fit --max-tokens)" if closed else "") + f"; written to {args.out}")
         if decoded < len(rows):
             fix = ("sample with --constrained (only tokens that keep the document valid) or raise --max-tokens"
-                   if hasattr(tokenizer, "allowed_next") and not args.constrained else "raise --max-tokens")
+                   if isinstance(tokenizer, SupportsAllowedNext) and not args.constrained else "raise --max-tokens")
             print(f"trainframe: {len(rows) - decoded} of {len(rows)} samples do not decode (samples.jsonl says "
                   f"why): {fix}", file=sys.stderr)
     return 0

@@ -15,6 +15,7 @@ import torch
 from trainframe.engine import checkpoint as ckpt
 from trainframe.engine import rundir
 from trainframe.errors import UserError
+from trainframe.protocols import SupportsSummary
 
 
 def nproc_arg(p: argparse.ArgumentParser) -> None:
@@ -99,7 +100,7 @@ def claim(run_dir: Path, world, new: bool) -> rundir.RunDirLock:
 
 def describe_run(trainer) -> None:
     model = trainer.model
-    if hasattr(model, "summary"):
+    if isinstance(model, SupportsSummary):
         print(f"model: {model.summary()}")
     else:  # a plugin's model: count what we can
         print(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")

@@ -14,6 +14,7 @@ from trainframe.config import ComponentConfig
 from trainframe.data.shards import TokenWindows, check_ids, open_shards, token_dtype, write_shards
 from trainframe.errors import UserError
 from trainframe.fileio import relative_note
+from trainframe.protocols import SupportsFingerprint
 
 
 PACK_HELP = ("attention within each document (split at the tokenizer's EOS) and positions restarting at "
@@ -77,7 +78,7 @@ def build_tokens(cfg: TokensConfig, *, tokenizer, context: int, seed: int, rank:
 def build_textfile(cfg: TextFileConfig, *, tokenizer, context: int, seed: int, rank: int = 0, world_size: int = 1):
     files = _expand(cfg.path)
     digest = hashlib.sha256()
-    fingerprint = getattr(tokenizer, "fingerprint", lambda: type(tokenizer).__name__)()
+    fingerprint = tokenizer.fingerprint() if isinstance(tokenizer, SupportsFingerprint) else type(tokenizer).__name__
     digest.update(fingerprint.encode())
     for f in files:
         digest.update(f.read_bytes())

@@ -72,7 +72,7 @@ def wrap(model: torch.nn.Module, world: World, trainer_config, device: torch.dev
 
         # Parameters stay float32 (autocast does the casting); only the reduce-scatter dtype changes.
         policy = MixedPrecisionPolicy(reduce_dtype=torch.bfloat16 if bf16_reduce else None)
-        blocks = getattr(model, "blocks", None)
+        blocks = getattr(model, "blocks", None)  # protocols.HasBlocks (getattr: see protocols on isinstance)
         for block in blocks if blocks is not None else []:
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)

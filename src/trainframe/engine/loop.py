@@ -4,7 +4,7 @@ One call of :meth:`Trainer.fit` runs, with hooks (``trainframe_*``) in this orde
 
     fit_start -> controller.start
     for each step until trainer.max_steps:
-        phase = controller.decide(step)          -> phase_change when it differs from the last
+        phase = controller.decide(step)          -> phase_change when it differs from the last (the engine only)
         step_start(step, phase)
         for each micro-batch:                      (grad_accum of them)
             batch_ready(batch)
@@ -20,6 +20,9 @@ One call of :meth:`Trainer.fit` runs, with hooks (``trainframe_*``) in this orde
     fit_end                                        (exception first, if one escaped)
 
 ``step`` in metrics and checkpoints counts completed steps: row ``step: 10`` is after 10 steps.
+Every hook's ``step`` is that number too: the 10th step's ``phase_change``, ``step_start`` and
+``step_end`` all get ``step=10`` (``controller.decide``, the schedule and ``StepOutcome.step`` take
+the 0-based index, ``trainer.step`` before the step: 9).
 The loop's counters (step, tokens_seen, best_val, bad_steps, bad_steps_total, backward_passes,
 phase) are one object, ``Trainer.loop`` (``engine/state.py``): a checkpoint's ``loop`` entry.
 ``trainer.step`` and the others read and write it.
@@ -80,6 +83,7 @@ from trainframe.engine.state import LoopState, forwarded
 from trainframe.errors import UserError
 from trainframe.logging import truncate_metrics
 from trainframe.phases import Phase, PhaseController, StepOutcome
+from trainframe.protocols import HasCharsPerToken, SupportsFlopsPerToken, SupportsGenerate, SupportsTrainingMemory
 
 
 class TrainingStopped(Exception):
@@ -139,7 +143,7 @@ class Trainer:
         for g in optimizer.param_groups:  # set before any checkpoint load: the group keys must match
             g.setdefault("base_lr", g["lr"])
         self.context = model.config.context
-        self.flops_per_token = model.flops_per_token() if hasattr(model, "flops_per_token") else None
+        self.flops_per_token = model.flops_per_token() if isinstance(model, SupportsFlopsPerToken) else None
         self.peak_flops = peak_flops(device)
         self.loop = LoopState()
         self.stop_reason: str | None = None
@@ -259,12 +263,13 @@ class Trainer:
     def train_step(self) -> None:
         t, loop = self.config.trainer, self.loop
         phase, reason = self.controller.decide(loop.step)
+        number = loop.step + 1  # a hook's ``step`` names this step as step_end, logs and checkpoints will
         if loop.phase is not None and phase != loop.phase:
-            self.hook.trainframe_phase_change(trainer=self, step=loop.step, old=loop.phase.value, new=phase.value,
+            self.hook.trainframe_phase_change(trainer=self, step=number, old=loop.phase.value, new=phase.value,
                                               reason=reason)
         loop.phase = phase
         lr = self._set_lr(loop.step)
-        self.hook.trainframe_step_start(trainer=self, step=loop.step, phase=phase.value)
+        self.hook.trainframe_step_start(trainer=self, step=number, phase=phase.value)
         batches = [self._to_device(self._next_batch()) for _ in range(t.grad_accum)]
         batches = self.controller.batches_for(phase, batches)
 
@@ -452,7 +457,8 @@ class Trainer:
         self.model.train()
         if count == 0:
             return None
-        scores = evaluation.scores(loss_sum / count, getattr(self.dataset, "chars_per_token", None))
+        scores = evaluation.scores(loss_sum / count,
+                                   self.dataset.chars_per_token if isinstance(self.dataset, HasCharsPerToken) else None)
         metrics = {f"val_{k}": v for k, v in scores.items()}  # val_loss, val_ppl, val_bpc
         self.hook.trainframe_eval_end(trainer=self, step=self.loop.step, metrics=metrics)
         self.hook.trainframe_log(trainer=self, step=self.loop.step, metrics=dict(metrics), kind="eval")
@@ -469,7 +475,7 @@ class Trainer:
     @torch.no_grad()
     def sample(self) -> str | None:
         t = self.config.trainer
-        if not t.sample_tokens or not hasattr(self.model, "generate"):
+        if not t.sample_tokens or not isinstance(self.model, SupportsGenerate):
             return None
         if not (self.world.is_main or self.sharded):
             return None
@@ -612,10 +618,10 @@ def set_training_memory(model, t) -> None:
     ``set_training_memory(activation_checkpointing=, loss_chunk=)`` (the built-in GPT has it); a model
     plugin without it runs with the defaults only."""
     if t.activation_checkpointing == "none" and t.loss_chunk is None:
-        if hasattr(model, "set_training_memory"):
+        if isinstance(model, SupportsTrainingMemory):
             model.set_training_memory(activation_checkpointing="none", loss_chunk=None)
         return
-    if not hasattr(model, "set_training_memory"):
+    if not isinstance(model, SupportsTrainingMemory):
         which = "trainer.activation_checkpointing" if t.activation_checkpointing != "none" else "trainer.loss_chunk"
         raise UserError(f"{which}: the model ({type(model).__name__}) has no set_training_memory method, so it "
                         "cannot recompute blocks or chunk its loss; leave the option at its default")

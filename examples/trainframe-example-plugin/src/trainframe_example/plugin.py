@@ -24,8 +24,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 
 import trainframe
-from trainframe.config import ComponentConfig
-from trainframe.errors import UserError
+from trainframe import ComponentConfig, UserError
 
 
 # ---------------------------------------------------------------------------------- schedule
