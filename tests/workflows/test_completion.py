@@ -41,6 +41,7 @@ def model(tok):
     return build_model(ModelConfig(preset="tiny", d_model=32, n_layer=1, n_head=2, context=64), tok.vocab_size())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_tokens", [16, 40])
 def test_constrained_samples_always_finish_within_the_budget(tok, validator, model, max_tokens):
     """An untrained model wanders into long random strings; the budget still closes every sample."""
@@ -192,6 +193,7 @@ def test_generate_infill_and_completion_cli(fim_run, tmp_path, capsys, monkeypat
         assert len(err) == 1 and "Traceback" not in err[0], args
 
 
+@pytest.mark.slow
 def test_eval_completion_cli(fim_run, tmp_path, capsys):
     need_data()
     data = tmp_path / "held.jsonl"

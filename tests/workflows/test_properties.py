@@ -37,6 +37,7 @@ def test_random_streams_decode_valid_or_raise_with_position(tok, validator, ids)
     _check_decode(tok, validator, ids)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_mutated_real_encodings_decode_valid_or_raise(tok, validator, encoded, data):
@@ -76,6 +77,7 @@ def test_allowed_next_walks_always_decode_to_valid_documents(tok, validator, dat
         assert complete is False
 
 
+@pytest.mark.slow
 def test_allowed_next_agrees_with_decoding(tok, encoded):
     """Every token of real encodings is allowed by the mask computed from its prefix."""
     ids = next(ids for _, _, ids, ok in encoded if ok and 200 < len(ids) < 600)
@@ -86,6 +88,7 @@ def test_allowed_next_agrees_with_decoding(tok, encoded):
     assert not tok.allowed_next(ids)[0]
 
 
+@pytest.mark.slow
 def test_disallowed_tokens_are_rejected_by_decode(tok, encoded):
     ids = next(ids for _, _, ids, ok in encoded if ok and len(ids) > 50)
     prefix = ids[:40]

@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
 from trainframe_workflows.schema_tokenizer import SchemaEncodeError
 from trainframe_workflows.cli import same_json
+
+
+pytestmark = pytest.mark.slow  # every test reads the whole shared corpus
 
 
 def test_corpus_counts_match_the_pinned_schema(encoded):
