@@ -1,6 +1,7 @@
 """The workflows corpus: .jsonl.xz / .jsonl.gz read as streams, several paths, corrupt files,
 tokenizing in worker processes (identical to one process), resuming from finished chunks."""
 
+import contextlib
 import gzip
 import json
 import lzma
@@ -200,8 +201,9 @@ build_workflows(cfg, tokenizer=SchemaTokenizer(), context=64, seed=0)
 def test_killed_run_leaves_no_workers_and_resumes(tok, tmp_path, small_lines, monkeypatch, capsys):
     path = write_jsonl(tmp_path / "w.jsonl", small_lines)
     cache = tmp_path / "cache"
+    # A process group of its own: whatever the assertions find, the test leaves no process behind.
     proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(path), str(cache)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 60
         while not list(cache.glob("workflows/.*.partial/chunk_00001.json")):  # the pool is running
@@ -213,8 +215,9 @@ def test_killed_run_leaves_no_workers_and_resumes(tok, tmp_path, small_lines, mo
         proc.wait()
         assert not survivors(children)  # the workers went with their parent
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group (the parent's pid): anything still in it
+        proc.wait()
     monkeypatch.setattr(corpus_cache, "CHUNK_DOCS", 1)  # the killed run's cut
     build(tok, path, cache)
     assert " of 20 chunks done by an earlier run" in capsys.readouterr().out
