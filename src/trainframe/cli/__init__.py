@@ -45,7 +45,7 @@ def register_commands(registry) -> None:
     from trainframe.cli.export import export_args, export_main
     from trainframe.cli.generate import generate_args, generate_main
     from trainframe.cli.plot import plot_args, plot_main
-    from trainframe.cli.plugins import plugins_main
+    from trainframe.cli.plugins import plugins_args, plugins_main
     from trainframe.cli.resume import resume_args, resume_main
     from trainframe.cli.tokenizer import tokenizer_train_args, tokenizer_train_main
     from trainframe.cli.train import train_args, train_main
@@ -61,7 +61,8 @@ def register_commands(registry) -> None:
     registry.add_command("config validate", config_validate_main, config_args, help="check a config")
     registry.add_command("config describe", describe_main, describe_args,
                          help="list config options (key, type, default, description) of every section and component")
-    registry.add_command("plugins", plugins_main, help="list plugins, versions and what each registers")
+    registry.add_command("plugins", plugins_main, plugins_args,
+                         help="list plugins, versions and what each registers (-v: help lines and config keys)")
     registry.add_command("generate", generate_main, generate_args, help="sample text from a trained run")
     registry.add_command("plot", plot_main, plot_args, help="plot a run's train and validation loss to a PNG")
     registry.add_command("export", export_main, export_args,
