@@ -109,21 +109,12 @@ def join_two_ranks(rank: int, port: int):
 def train_tiny_run(tmp_path, name, *overrides, steps=12, save_every=None):
     """Train ``TINY_YAML`` (plus ``overrides``) in this process into ``tmp_path/name`` for ``steps``
     steps, a checkpoint every ``save_every`` (default: at the end); returns the run dir."""
-    from trainframe.config import load_config
-    from trainframe.engine.build import build_trainer
-    from trainframe.plugins import current
+    import yaml
 
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(TINY_YAML)
-    plugins = current()
-    cfg = load_config(path, [f"trainer.max_steps={steps}", f"trainer.save_every={save_every or steps}", *overrides],
-                      plugins.registry)
-    run_dir = tmp_path / name
-    trainer = build_trainer(cfg, plugins, run_dir)
-    trainer.run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    trainer.fit()
-    return run_dir
+    from trainframe.testing import train_from_dict
+
+    overrides = [f"trainer.max_steps={steps}", f"trainer.save_every={save_every or steps}", *overrides]
+    return train_from_dict(yaml.safe_load(TINY_YAML), tmp_path / name, overrides).run_dir
 
 
 def first_party_plugins() -> list[str]:

@@ -44,7 +44,7 @@ BAD = [
      "x.yaml: schedule.name: unknown schedule 'cosin' (did you mean 'cosine'?); registered: constant, cosine, wsd"),
     ("schedule: {name: cosine, warmup_steps: -3}", "x.yaml: schedule.warmup_steps: expected an integer >= 0, got -3"),
     ("schedule: {name: wsd, warmup_fraction: 0.5, decay_fraction: 0.7}",
-     "x.yaml: schedule: warmup_fraction + decay_fraction must be at most 1"),
+     "x.yaml: schedule.warmup_fraction: warmup_fraction + decay_fraction must be at most 1"),
     ("schedule: {name: wsd, decay_shape: exp}",
      "x.yaml: schedule.decay_shape: expected one of 'linear', 'cosine' or 'sqrt', got 'exp'"),
     ("loggers: [{name: neptune}]",
@@ -58,7 +58,7 @@ BAD = [
      "x.yaml: model.mlp: expected one of 'relu2', 'gated_relu2' or 'swiglu', got 'gelu'"),
     ("model: {name: gpt, preset: tiny, dropout: 1.5}",
      "x.yaml: model.dropout: expected a number >= 0.0 and < 1.0, got 1.5"),
-    ("model: {name: gpt, preset: tiny, n_head: 5}", "x.yaml: model: d_model (64) must be divisible by n_head (5)"),
+    ("model: {name: gpt, preset: tiny, n_head: 5}", "x.yaml: model.n_head: d_model (64) must be divisible by n_head (5)"),
     ("model: {name: gpt, preset: tiny, d_model: 0}", "x.yaml: model.d_model: expected an integer > 0, got 0"),
 ]
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic.fields import FieldInfo
 
 from trainframe.errors import UserError
 from trainframe.fileio import relative_note
@@ -241,11 +244,25 @@ def apply_overrides(data: dict, origins: dict, overrides: list[str]) -> dict:
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):
                 raise UserError(f"override '{text}': no list item {last}")
-            node[int(last)] = value
+            key: Any = int(last)
         else:
-            node[last] = value
+            key = last
+        current = node[key] if isinstance(node, list) else node.get(key)
+        if _is_section(parts) and isinstance(value, dict) and "name" not in value and isinstance(current, dict):
+            # `optim={lr: 0.5}` keeps the file's optimizer and its other keys: a section given
+            # without a name merges; one with a name replaces the section.
+            node[key] = _merge(current, value, origins, "command line", tuple(parts))
+            continue
+        node[key] = value
         _set_origin(origins, tuple(parts), "command line")
     return data
+
+
+def _is_section(parts: list[str]) -> bool:
+    """A whole section: ``trainer``, a component section, or one item of ``loggers`` / ``callbacks``."""
+    if len(parts) == 1:
+        return parts[0] in ("trainer", *SINGLE_SECTIONS)
+    return len(parts) == 2 and parts[0] in LIST_SECTIONS and parts[1].isdigit()
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -264,10 +281,18 @@ def _describe(value: Any) -> str:
 
 
 def _field(model: type[BaseModel], loc: tuple):
-    """The pydantic FieldInfo at ``loc`` inside ``model``, or None."""
+    """The pydantic FieldInfo at ``loc`` inside ``model``, or None; an item of a tuple or list
+    (``betas.1``) gets one of its own, so its bounds are known."""
     field = None
     current: Any = model
     for part in loc:
+        if isinstance(part, int):
+            args = [a for a in typing.get_args(current) if a is not Ellipsis]
+            if typing.get_origin(current) not in (tuple, list) or not args:
+                return None
+            field = FieldInfo.from_annotation(args[part] if len(args) > part else args[-1])
+            current = field.annotation
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(str(part))
@@ -353,8 +378,25 @@ def _source(origins: dict, path: tuple, default: str) -> str:
     return default
 
 
+def _named_key(model: type[BaseModel], message: str, prefix: tuple, origins: dict, given=()) -> tuple:
+    """The key a model-wide check (a ``model_validator``) is about: of the keys its message names,
+    the one set last (the likeliest change that broke it), else one the config gives (``given``)
+    over a default, else the first named; () if none."""
+    named = sorted((m.start(), key) for key in model.model_fields
+                   if (m := re.search(rf"\b{re.escape(key)}\b", message)))
+    if not named:
+        return ()
+    applied = [tuple(p) for p in origins]  # in the order applied
+
+    def last_set(key: str) -> int:
+        path = tuple(str(p) for p in (*prefix, key))
+        return max((i for i, p in enumerate(applied) if p[: len(path)] == path), default=-1)
+
+    return (max((key for _, key in named), key=lambda key: (last_set(key), key in given)),)
+
+
 def format_errors(exc: ValidationError, model: type[BaseModel], prefix: tuple, origins: dict,
-                  default_source: str, extra_keys=()) -> list[str]:
+                  default_source: str, extra_keys=(), given=()) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -362,6 +404,8 @@ def format_errors(exc: ValidationError, model: type[BaseModel], prefix: tuple, o
         text = _error_text(err, model, loc, valid)
         if err["type"] == "missing" and loc and isinstance(loc[-1], int):
             loc = loc[:-1]  # name the list, not the absent item
+        if not loc:
+            loc = _named_key(model, text, prefix, origins, given)
         path = prefix + loc
         key = ".".join(str(p) for p in path) or "(top level)"
         lines.append(f"{_source(origins, path, default_source)}: {key}: {text}")
@@ -390,7 +434,7 @@ def _validate_component(registry: "Registry", kind: str, section: dict, prefix: 
         # The registry in the context: a config model may look names up in it (model presets).
         return component.config.model_validate(body, context={"registry": registry})
     except ValidationError as e:
-        errors.extend(format_errors(e, component.config, prefix, origins, source, extra_keys=("name",)))
+        errors.extend(format_errors(e, component.config, prefix, origins, source, extra_keys=("name",), given=body))
         return None
 
 

@@ -63,6 +63,8 @@ def type_text(annotation: Any) -> str:
         return "any"
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:  # a constrained item type: tuple[Beta, Beta] reads tuple[float, float]
+        return type_text(args[0])
     if origin is Literal:
         return " | ".join(_value(a) for a in args)
     if origin in (typing.Union, types.UnionType):

@@ -20,7 +20,7 @@ from importlib import metadata
 import pluggy
 
 from trainframe import hookspecs
-from trainframe.registry import Registry
+from trainframe.registry import FailedPlugin, Registry
 
 GROUP = "trainframe"
 
@@ -86,7 +86,8 @@ def _extra_hint(ep, error: Exception) -> str:
 
 def load_plugins(extra: list[tuple[str, object]] | None = None,
                  commands: Callable[[Registry], None] | None = None) -> Plugins:
-    """Build the plugin manager and the registry. ``extra``: (name, module) pairs, for tests.
+    """Build the plugin manager and the registry. ``extra``: (name, module) pairs, for tests; one
+    replaces an installed plugin of the same entry-point name or module (see ``trainframe.testing``).
     ``commands(registry)``: adds the built-in commands, as the built-in plugin's (the CLI's own)."""
     from trainframe import __version__, builtin
 
@@ -96,7 +97,11 @@ def load_plugins(extra: list[tuple[str, object]] | None = None,
     disabled = _disabled()
 
     candidates: list[tuple[str, str, str, object]] = [("trainframe", __version__, "trainframe.builtin", builtin)]
+    # A test's copy of a plugin that is also installed stands in for it, rather than registering twice.
+    local = {name for name, _ in extra or []} | {getattr(module, "__name__", None) for _, module in extra or []}
     for ep in _entry_points():
+        if ep.name in local or ep.module in local:
+            continue
         version = ep.dist.version if ep.dist else "?"
         if ep.name in disabled:
             plugins.info.append(PluginInfo(ep.name, version, ep.value, "disabled"))
@@ -126,6 +131,7 @@ def load_plugins(extra: list[tuple[str, object]] | None = None,
 
     # Each plugin registers into its own scratch registry first, so a plugin that fails halfway
     # leaves nothing behind.
+    provided: dict[str, frozenset] = {}  # what a plugin that failed to register had added before
     for impl in manager.hook.trainframe_register.get_hookimpls():
         scratch = Registry(current_plugin=impl.plugin_name)
         try:
@@ -135,9 +141,12 @@ def load_plugins(extra: list[tuple[str, object]] | None = None,
             _merge_registry(plugins.registry, scratch)
         except Exception as e:
             manager.unregister(name=impl.plugin_name)
+            provided[impl.plugin_name] = frozenset((k, n) for k, table in scratch.components.items() for n in table)
             for info in plugins.info:
                 if info.name == impl.plugin_name:
                     info.status = f"failed to register: {type(e).__name__}: {e}"
+    plugins.registry.failed = [FailedPlugin(p.name, p.status, provided.get(p.name, frozenset()))
+                               for p in plugins.info if p.status not in ("ok", "disabled")]
     for line in plugins.failures():
         print(f"trainframe: warning: {line}", file=sys.stderr)
     return plugins

@@ -51,6 +51,15 @@ def closest(name: str, choices) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+@dataclass(frozen=True)
+class FailedPlugin:
+    """A plugin left out at load: a config naming its components is told why, not 'unknown'."""
+
+    name: str
+    reason: str  # as `trainframe plugins` shows it: "failed to load: ModuleNotFoundError: ..."
+    provides: frozenset = frozenset()  # (kind, name) it registered before failing, when known
+
+
 @dataclass
 class Registry:
     # Tokenizer trainers sit next to the component kinds (listed and merged alike), but are added only
@@ -61,6 +70,7 @@ class Registry:
     # Named presets of the ``gpt`` model: partial ModelConfig fields.
     model_presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     current_plugin: str = "trainframe"
+    failed: list[FailedPlugin] = field(default_factory=list)
 
     def add(
         self,
@@ -118,8 +128,19 @@ class Registry:
         table = self.components[kind]
         if name not in table:
             known = ", ".join(sorted(table)) or "none"
+            # The plugin that registered the name, else the one named like it: it alone is the cause.
+            culprits = ([f for f in self.failed if (kind, name) in f.provides]
+                        or [f for f in self.failed if f.name == name])
+            if culprits:
+                raise UserError(f"unknown {kind} '{name}'; {self._failures(culprits)}")
+            if self.failed:  # any of them may have provided it, so no 'did you mean'
+                raise UserError(f"unknown {kind} '{name}'; {self._failures(self.failed)}; registered: {known}")
             raise UserError(f"unknown {kind} '{name}'{closest(name, table)}; registered: {known}")
         return table[name]
+
+    @staticmethod
+    def _failures(failed: list[FailedPlugin]) -> str:
+        return "; ".join(f"plugin '{f.name}' {f.reason}" for f in failed)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])

@@ -15,7 +15,7 @@ data: {name: text, dir: tdata, workers: 1, sources: [{files: [src.txt]}]}
 
 CASES = [
     Case("source weight inf", "config show x.yaml data.sources.0.weight=.inf", {"x.yaml": TEXT_CFG}, 2,
-         "command line: data.sources.0.weight: expected a finite number, got inf"),
+         "command line: data.sources.0.weight: expected a finite number > 0, got inf"),
     Case("tokenizer train bpe without config", "tokenizer train --kind bpe", {}, 2, "--kind bpe: give a run CONFIG"),
     Case("tokenizer train bpe textfile", "tokenizer train tiny.yaml --kind bpe", TINY, 2,
          "the bpe trainer reads `text` datasets, got 'textfile'"),

@@ -40,7 +40,7 @@ def test_unknown_preset_names_the_closest(tmp_path):
     with pytest.raises(UserError) as exc:
         load_config(path, [], current().registry)
     line = str(exc.value).replace(str(path), "x.yaml")
-    assert line.startswith("x.yaml: model: unknown model preset 'smal' (did you mean 'small'?)")
+    assert line.startswith("x.yaml: model.preset: unknown model preset 'smal' (did you mean 'small'?)")
 
 
 def test_small_is_about_20m():

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from pydantic import Field
 
 from trainframe.config import ComponentConfig
 
 
+# A beta of 1 or more never forgets (or grows); torch would refuse it only when building.
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class AdamWConfig(ComponentConfig):
     lr: float = Field(3e-4, gt=0, description="peak learning rate (the schedule scales it)")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW beta1, beta2")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.95), description="AdamW beta1, beta2")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     weight_decay: float = Field(0.1, ge=0, description="applied to matrices only; norms, biases and "
                                 "embeddings get none")

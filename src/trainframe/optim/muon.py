@@ -19,6 +19,7 @@ from pydantic import Field
 from torch.optim._muon import _adjust_lr
 
 from trainframe.config import ComponentConfig
+from trainframe.optim.adamw import Beta
 from trainframe.errors import UserError
 
 
@@ -38,7 +39,7 @@ class MuonConfig(ComponentConfig):
     # embeddings higher still). On configs/tiny-cpu.yaml (200 steps) val loss was 2.000 at 8e-3,
     # 2.013 at 5e-3, 2.025 at 3e-3; AdamW alone (lr 2e-3) 2.056.
     adamw_lr: float = Field(8e-3, gt=0, description="peak lr of the AdamW params: embeddings, adamw_modules, vectors")
-    adamw_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    adamw_betas: tuple[Beta, Beta] = Field((0.9, 0.95), description="AdamW betas")
     adamw_eps: float = Field(1e-8, gt=0, description="AdamW eps")
     adamw_weight_decay: float = Field(0.1, ge=0, description="AdamW decay of the matrices of adamw_modules "
                                       "(the head); embeddings and vectors get none")
