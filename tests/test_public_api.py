@@ -32,6 +32,9 @@ def test_every_documented_name_imports_from_trainframe():
         exec(f"from trainframe import {name}", namespace)  # the statement a plugin writes
         assert namespace[name] is getattr(trainframe, name)
     assert set(trainframe.__all__) == names, "trainframe.__all__ and docs/plugins.md must list the same names"
+    from trainframe import protocols
+
+    assert set(protocols.__all__) <= names, "every Protocol is exported and documented"
 
 
 def test_architecture_lists_the_same_names():

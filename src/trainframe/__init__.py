@@ -15,7 +15,7 @@ hookimpl = pluggy.HookimplMarker("trainframe")
 """Decorator for plugin hook implementations: ``@trainframe.hookimpl``."""
 
 _PROTOCOLS = (
-    "Tokenizer", "SupportsFingerprint", "SupportsSave", "SupportsAllowedNext", "SupportsClosingCost",
+    "Tokenizer", "SupportsFingerprint", "SupportsSave", "SupportsHfTokenizer", "SupportsAllowedNext", "SupportsClosingCost",
     "SupportsBudgetLimited", "SupportsDecodeFile", "SupportsCompleteTyped", "SupportsInfill",
     "Dataset", "HasCharsPerToken",
     "Model", "SupportsFlopsPerToken", "SupportsGenerate", "SupportsSummary", "SupportsTrainingMemory", "HasBlocks",

@@ -30,19 +30,19 @@ from safetensors.torch import save_file
 from trainframe.errors import UserError
 from trainframe.fileio import atomic_dir
 from trainframe.model.hf import ARCHITECTURES, hf_config, hf_model_type, to_hf_state
+from trainframe.protocols import SupportsHfTokenizer
 
 HF_MANIFEST = "trainframe.json"
 HF_WEIGHTS = "model.safetensors"
 
 
 def _hf_tokenizer(tokenizer, name: str) -> tuple[str, dict[str, str]]:
-    make = getattr(tokenizer, "hf_tokenizer", None)
-    if make is None:
+    if not isinstance(tokenizer, SupportsHfTokenizer):
         reason = getattr(tokenizer, "hf_unsupported", None) or (
             f"{type(tokenizer).__name__} has no hf_tokenizer() giving a tokenizer.json (docs/plugins.md)")
         raise UserError(f"--format hf: tokenizer '{name}' has no transformers form: {reason}; "
                         "export with --format trainframe")
-    return make()
+    return tokenizer.hf_tokenizer()
 
 
 def check_exportable(cfg, model, tokenizer, run_dir: Path) -> str:

@@ -52,6 +52,14 @@ class SupportsSave(Protocol):
 
 
 @runtime_checkable
+class SupportsHfTokenizer(Protocol):
+    """For ``export --format hf``: a ``tokenizers`` tokenizer.json giving the same ids, and the special
+    tokens' names. A tokenizer without it may say why in an ``hf_unsupported`` string attribute."""
+
+    def hf_tokenizer(self) -> tuple[str, dict[str, str]]: ...
+
+
+@runtime_checkable
 class SupportsAllowedNext(Protocol):
     """For ``generate --constrained``: the tokens that keep a document valid after ``prefix_ids``
     (a bool mask over the vocabulary; ``budget=N`` when the tokenizer also has ``closing_cost``)."""
@@ -199,7 +207,7 @@ class Controller(Protocol):
 
 
 __all__ = [
-    "Tokenizer", "SupportsFingerprint", "SupportsSave", "SupportsAllowedNext", "SupportsClosingCost",
+    "Tokenizer", "SupportsFingerprint", "SupportsSave", "SupportsHfTokenizer", "SupportsAllowedNext", "SupportsClosingCost",
     "SupportsBudgetLimited", "SupportsDecodeFile", "SupportsCompleteTyped", "SupportsInfill",
     "Dataset", "HasCharsPerToken",
     "Model", "SupportsFlopsPerToken", "SupportsGenerate", "SupportsSummary", "SupportsTrainingMemory", "HasBlocks",
