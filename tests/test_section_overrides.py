@@ -46,3 +46,16 @@ def test_merged_keys_are_blamed_on_the_command_line(tmp_path, monkeypatch):
     result = run_main("config", "validate", "x.yaml", "optim={lr: -1}")
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == "command line: optim.lr: expected a number > 0, got -1"
+
+
+def test_extends_merges_the_same_component_and_replaces_another(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "parent.yaml").write_text(MUON + "schedule: {name: cosine, warmup_steps: 5, min_lr_ratio: 0.2}\n")
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\noptim: {name: muon, lr: 0.03}\n"
+                                         "schedule: {name: wsd, decay_fraction: 0.3}\n")
+    result = run_main("config", "show", "child.yaml")
+    assert result.returncode == 0, result.stderr
+    data = yaml.safe_load(result.stdout)
+    assert (data["optim"]["lr"], data["optim"]["adamw_lr"]) == (0.03, 0.004)  # same component: merged
+    schedule = data["schedule"]  # another component: replaced (the parent's warmup_steps would be an unknown key)
+    assert (schedule["name"], schedule["min_lr_ratio"], schedule["decay_fraction"]) == ("wsd", 0.0, 0.3)

@@ -174,12 +174,22 @@ def _merge(base: dict, over: dict, origins: dict, source: str, prefix=(), over_o
     out = dict(base)
     for key, value in over.items():
         path = prefix + (str(key),)
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if _other_component(prefix, key, out.get(key), value):
+            out[key] = value  # the parent's options belong to the parent's component
+            _set_origin(origins, path, _source(over_origins or {}, path, source), over_origins)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value, origins, source, path, over_origins)
         else:
             out[key] = value
             _set_origin(origins, path, _source(over_origins or {}, path, source), over_origins)
     return out
+
+
+def _other_component(prefix: tuple, key, base, over) -> bool:
+    """A component section that names a different component than the one it lands on: it replaces
+    that section (``schedule: {name: wsd}`` over a cosine parent), as a named override does."""
+    return (prefix == () and key in SINGLE_SECTIONS and isinstance(base, dict) and isinstance(over, dict)
+            and "name" in over and "name" in base and over["name"] != base["name"])
 
 
 def load_raw(path: str | Path, _seen: tuple = ()) -> tuple[dict, dict]:
