@@ -122,7 +122,7 @@ def test_push_to_hub_without_network_is_one_line(tmp_path, capsys, monkeypatch):
     assert (out / "config.json").exists()  # the local export stays
     assert main(["export", str(run), "--format", "hf", "--push-to-hub", "me/tiny"]) == 2  # temp dir only
     assert "upload failed" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run", "run.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # no temporary export left
 
 
 # ------------------------------------------------------------------------------ model.init_from

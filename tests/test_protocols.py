@@ -15,7 +15,7 @@ from trainframe.config import load_config
 from trainframe.engine.build import build_trainer
 from trainframe.engine.loop import set_training_memory
 from trainframe.errors import UserError
-from trainframe.generation import sample_documents
+from trainframe.sampling import sample_documents
 from trainframe.plugins import load_plugins
 
 

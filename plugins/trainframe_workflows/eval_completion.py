@@ -114,7 +114,7 @@ def held_out(model, tokenizer, data_cfg, path: Path | None, batch_size: int) -> 
 
 
 def _greedy(model, tokenizer, start, prompt, max_tokens, allowed_new=None):
-    from trainframe.generation import sample_documents
+    from trainframe.sampling import sample_documents
 
     (new, finished), = sample_documents(model, tokenizer, start, prompt, 1, max_tokens=max_tokens, batch_size=1,
                                         constrained=True, temperature=0.0, top_k=None, allowed_new=allowed_new)

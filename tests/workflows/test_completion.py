@@ -12,7 +12,7 @@ from trainframe_workflows.schema_tokenizer.yaml_loader import load_document
 from wfdata import CORPUS, need_data
 
 from trainframe.cli import main
-from trainframe.generation import sample_documents
+from trainframe.sampling import sample_documents
 from trainframe.errors import UserError
 from trainframe.model import ModelConfig, build_model
 

@@ -11,7 +11,7 @@ from trainframe_workflows.generation import workflow_yaml
 from trainframe_workflows.schema_tokenizer.yaml_loader import load_document
 
 from trainframe.cli import main
-from trainframe.generation import sample_documents
+from trainframe.sampling import sample_documents
 from trainframe.model import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -42,6 +42,7 @@ def register_commands(registry) -> None:
     # Imported here, when the commands are registered, so that `import trainframe.cli` stays cheap.
     from trainframe.cli.bench import target_args, target_main, throughput_args, throughput_main
     from trainframe.cli.config import config_args, config_show_main, config_validate_main, describe_args, describe_main
+    from trainframe.cli.eval import eval_args, eval_main
     from trainframe.cli.export import export_args, export_main
     from trainframe.cli.generate import generate_args, generate_main
     from trainframe.cli.plot import plot_args, plot_main
@@ -49,7 +50,6 @@ def register_commands(registry) -> None:
     from trainframe.cli.resume import resume_args, resume_main
     from trainframe.cli.tokenizer import tokenizer_train_args, tokenizer_train_main
     from trainframe.cli.train import train_args, train_main
-    from trainframe.evaluate import eval_args, eval_main
 
     registry.add_command("train", train_main, train_args, help="train a model from a YAML config")
     registry.add_command("resume", resume_main, resume_args, help="continue a run from its newest good checkpoint")

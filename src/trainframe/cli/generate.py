@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trainframe.errors import UserError
 from trainframe.fileio import atomic_dir
-from trainframe.generation import sample_documents
+from trainframe.sampling import sample_documents
 from trainframe.progress import Progress
 from trainframe.protocols import (SupportsAllowedNext, SupportsBudgetLimited, SupportsCompleteTyped,
                                   SupportsDecodeFile, SupportsInfill)

@@ -78,7 +78,7 @@ from trainframe.engine import distributed, evaluation
 from trainframe.engine import sharded as sharded_ckpt
 from trainframe.engine.distributed import World
 from trainframe.engine.nonfinite import DeviceSkip, HostCheck, skips_on_device
-from trainframe.engine.prefetch import Prefetcher
+from trainframe.engine.prefetch import Prefetcher, pinned
 from trainframe.engine.state import LoopState, forwarded
 from trainframe.errors import UserError
 from trainframe.logging import truncate_metrics
@@ -408,10 +408,8 @@ class Trainer:
 
     def _to_device(self, batch):
         """(inputs, targets) or, packed, (inputs, targets, positions) on the device."""
-        if self.device.type == "cuda":
-            # Contiguous before pinning: a strided view (x = window[:, :-1]) would be made contiguous
-            # in pageable memory inside the copy, and a copy from pageable memory waits for the GPU.
-            return tuple(t.contiguous().pin_memory().to(self.device, non_blocking=True) for t in batch)
+        if self.device.type == "cuda":  # a prefetched batch is pinned already (pinning it again is free)
+            return tuple(t.to(self.device, non_blocking=True) for t in pinned(batch))
         return tuple(t.to(self.device) for t in batch)
 
     def mfu(self, tokens_per_s: float) -> float | None:
