@@ -1,16 +1,14 @@
 """trainframe.testing, the helpers plugin authors test with: a plugin under test that is also
 installed registers once, and a run trains from a config dict in-process. The example plugin's own
-tests (examples/trainframe-example-plugin/tests) use them and run here as their author runs them."""
+tests (examples/trainframe-example-plugin/tests) use them and run here."""
 
 import importlib
 import importlib.util
-import os
-import subprocess
 import sys
 
 import pytest
 import yaml
-from support import REPO, TINY_YAML
+from support import TINY_YAML
 from test_plugins import EXAMPLE, add_example, status_of
 
 from trainframe.errors import UserError
@@ -75,11 +73,13 @@ def test_train_from_dict_bad_config_is_the_clis_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow
-def test_the_example_plugins_own_tests_pass(tmp_path):
-    """As its author runs them, from its folder, with the package importable (here by PYTHONPATH)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE / "src"), str(REPO / "src")])}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", "tests"],
-                            cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "2 passed" in result.stdout
+def test_the_example_plugins_own_tests_pass(tmp_path, monkeypatch):
+    """Its two tests, called in this process with the fixture they declare (pytest in a process of
+    its own would spend most of its time importing torch)."""
+    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+    spec = importlib.util.spec_from_file_location("example_tests", EXAMPLE / "tests" / "test_example_plugin.py")
+    tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tests)
+    plugins = tests.plugins.__wrapped__()
+    tests.test_registers_its_components(plugins)
+    tests.test_trains_with_its_schedule_and_callback(plugins, tmp_path, monkeypatch)

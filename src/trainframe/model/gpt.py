@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from trainframe.model.bitlinear import bitlinear_factory
 from trainframe.model.config import ModelConfig
 from trainframe.model.generation import KVCache, generate
-from trainframe.model.loss import chunked_cross_entropy
+from trainframe.model.loss import chunked_cross_entropy, outside_compile
 
 LinearFactory = Callable[[int, int], nn.Module]
 
@@ -351,6 +351,8 @@ class GPT(nn.Module):
         if loss_chunk is not None and loss_chunk < 1:
             raise ValueError(f"loss_chunk must be a positive number of tokens or None, got {loss_chunk}")
         self.activation_checkpointing, self.loss_chunk = activation_checkpointing, loss_chunk
+        if loss_chunk:
+            outside_compile()  # made before the model is compiled
 
     def document_mask(self, positions: torch.Tensor):
         """The attention mask of packed rows with these (B, T) positions; built once per batch,

@@ -70,11 +70,27 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return dx, (dw.to(weight.dtype) if want_w else None), None, None, None
 
 
-@torch.compiler.disable
 def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """Per-token cross-entropy (N,) float32 of ``x`` (..., D) through a bias-free head ``weight``
     (V, D) against ``targets`` (...) with -1 ignored (loss 0, no gradient), ``chunk`` tokens at a
     time. Under autocast the matmuls run in the autocast dtype, as ``nn.Linear`` would."""
+    return outside_compile()(x, weight, targets, chunk)
+
+
+_OUTSIDE_COMPILE = None
+
+
+def outside_compile():
+    """The loss wrapped in ``torch.compiler.disable``, made on first use: the wrapper imports
+    torch._dynamo (seconds), which commands that never train should not pay. A model calls this
+    before it is compiled (``GPT.set_training_memory``), so tracing finds it made."""
+    global _OUTSIDE_COMPILE
+    if _OUTSIDE_COMPILE is None:
+        _OUTSIDE_COMPILE = torch.compiler.disable(_chunked_cross_entropy)
+    return _OUTSIDE_COMPILE
+
+
+def _chunked_cross_entropy(x, weight, targets, chunk):
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     with torch.autocast(device, enabled=False):
