@@ -9,7 +9,8 @@
 #                                                     twice its lr; outer K x momentum x outer lr
 #   benchmarks/predictive_round2.sh final tct|text OUT
 #                                                     SEEDS (3) seeds: plain budgets, the grid's best outer
-#                                                     setting (BEST='K MOMENTUM OUTER_LR'), its gated form;
+#                                                     setting (BEST='K MOMENTUM OUTER_LR'), its gated form
+#                                                     and that form with the step size fixed at 1;
 #                                                     then skip and plain at twice the lr, and on tct
 #                                                     selective backprop and its random control (2 seeds)
 #   benchmarks/predictive_round2.sh retuned tct|text OUT
@@ -79,9 +80,11 @@ case "$stage" in
   final)
     best=(${BEST:?set BEST=\'K MOMENTUM OUTER_LR\' from the grid})
     gated="outer-gated 'phases={name: outer-gated, every: ${best[0]}, momentum: ${best[1]}, outer_lr: ${best[2]}}'"
+    # the gated form's control: the same verification and rollback, the step size fixed at 1
+    verified="outer-verified 'phases={name: outer-gated, every: ${best[0]}, momentum: ${best[1]}, outer_lr: ${best[2]}, scales: [1.0], explore: 0}'"
     jobs=1  # one bench at a time: these wall-clock figures are the headline
     bench "$work-final" --controllers full --seeds "${SEEDS:-3}" --budgets 0.5,0.75 \
-      --recipe "$(outer "${best[@]}")" --recipe "$gated"
+      --recipe "$(outer "${best[@]}")" --recipe "$gated" --recipe "$verified"
     twice=$(python3 -c "print($lr * 2)")
     more=(--recipe "full-lr$twice optim.lr=$twice")
     if [[ $work == tct ]]; then  # multi-epoch data: selective backprop and its control at equal FLOPs
