@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from support import TINY_YAML, run_cli
+from support import TINY_YAML
 from test_engine import _start, _wait_for_step
 
 from trainframe.cli import main
@@ -130,8 +130,8 @@ def test_without_file_locks_a_run_goes_on_and_says_so(tmp_path, monkeypatch, cap
 def test_ranks_of_one_run_share_its_directory_and_save_at_the_same_step(tiny_config, tmp_path):
     # Only rank 0 takes the lock; a checkpoint due by the clock is agreed at log steps (2, 4, 6).
     run = tmp_path / "ddp"
-    result = run_cli("train", tiny_config, "--run-dir", run, "--nproc", "2", "trainer.max_steps=6",
-                     "trainer.save_every=0", "trainer.log_every=2", "trainer.save_every_minutes=1e-9",
-                     "trainer.keep_last=10")
-    assert result.returncode == 0, result.stderr
+    # The launcher runs in this process; torchrun and its two ranks are the process boundary.
+    assert main(["train", str(tiny_config), "--run-dir", str(run), "--nproc", "2", "trainer.max_steps=6",
+                 "trainer.save_every=0", "trainer.log_every=2", "trainer.save_every_minutes=1e-9",
+                 "trainer.keep_last=10"]) == 0
     assert [s for s, _ in ckpt.step_checkpoints(run / "checkpoints")] == [2, 4, 6]
