@@ -1,7 +1,9 @@
 """Paths and helpers the tests import by name (conftest.py holds only fixtures: with a conftest in
 tests/workflows too, importing from "conftest" would depend on which one pytest loaded first)."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,6 +87,27 @@ def survivors(pids: list[int], timeout: float = 10.0) -> list[int]:
     while any(map(alive, pids)) and time.time() < deadline:
         time.sleep(0.1)
     return [p for p in pids if alive(p)]
+
+
+@contextlib.contextmanager
+def own_process_group(proc):
+    """Around a test of a process started with ``start_new_session=True``: whatever the assertions
+    find, its whole group is killed at the end, so the test leaves no process behind."""
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group (the parent's pid): anything still in it
+        proc.wait()
+
+
+def kill_parent_alone(proc) -> None:
+    """SIGKILL ``proc`` alone and check that its pool workers exit by themselves."""
+    children = child_pids(proc.pid)
+    assert len(children) >= 2  # the pool's workers (and multiprocessing's resource tracker)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not survivors(children)  # the workers went with their parent
 
 
 def free_port() -> int:

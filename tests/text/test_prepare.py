@@ -1,9 +1,6 @@
 """`trainframe data prepare`: FineWeb-Edu/TinyStories layouts, bad rows, idempotence, kill and resume."""
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import child_pids, survivors
+from support import kill_parent_alone, own_process_group
 from textdata import (  # noqa: F401 (fixtures)
     FINEWEB_COLUMNS,
     REPO,
@@ -103,25 +100,16 @@ def test_uint32_shards_for_large_vocabularies(tmp_path):
 def test_killed_prepare_leaves_no_workers_and_resumes_to_the_same_shards(tmp_path, bpe_path, capsys):
     source = {"files": [str(SHAKESPEARE)], "sample_by": "paragraph"}
     config = write_config(tmp_path, [source], bpe_path, chunk_bytes=8192, workers=2)
-    # A process group of its own: whatever the assertions find, the test leaves no process behind.
     proc = subprocess.Popen([sys.executable, "-m", "trainframe", "data", "prepare", str(config)], cwd=REPO,
                             env=hub_free_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
-    try:
+    with own_process_group(proc):
         deadline = time.time() + 60
         markers = []
         while time.time() < deadline and len(markers) < 3 and proc.poll() is None:
             markers = list((tmp_path / "data").glob("*/chunk_*.json"))
             time.sleep(0.02)
-        children = child_pids(proc.pid)
-        assert len(children) >= 2  # the pool's workers (and multiprocessing's resource tracker)
-        os.kill(proc.pid, signal.SIGKILL)  # the parent alone: its workers must notice by themselves
-        proc.wait()
-        assert not survivors(children)  # the workers went with their parent
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the group (the parent's pid): anything still in it
-        proc.wait()
+        kill_parent_alone(proc)
     (src_dir,) = (tmp_path / "data").iterdir()
     assert not (src_dir / "index.json").exists(), "finished before the kill; the test needs more data"
     done_before = len(list(src_dir.glob("chunk_*.json")))

@@ -1,12 +1,9 @@
 """The workflows corpus: .jsonl.xz / .jsonl.gz read as streams, several paths, corrupt files,
 tokenizing in worker processes (identical to one process), resuming from finished chunks."""
 
-import contextlib
 import gzip
 import json
 import lzma
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import REPO, child_pids, survivors
+from support import REPO, kill_parent_alone, own_process_group
 from trainframe_workflows import corpus_cache, dataset
 from trainframe_workflows.corpus import iter_texts
 from trainframe_workflows.dataset import WorkflowsConfig, build_workflows
@@ -201,23 +198,14 @@ build_workflows(cfg, tokenizer=SchemaTokenizer(), context=64, seed=0)
 def test_killed_run_leaves_no_workers_and_resumes(tok, tmp_path, small_lines, monkeypatch, capsys):
     path = write_jsonl(tmp_path / "w.jsonl", small_lines)
     cache = tmp_path / "cache"
-    # A process group of its own: whatever the assertions find, the test leaves no process behind.
     proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(path), str(cache)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
+    with own_process_group(proc):
         deadline = time.time() + 60
         while not list(cache.glob("workflows/.*.partial/chunk_00001.json")):  # the pool is running
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
             time.sleep(0.05)
-        children = child_pids(proc.pid)
-        assert len(children) >= 2
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        assert not survivors(children)  # the workers went with their parent
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the group (the parent's pid): anything still in it
-        proc.wait()
+        kill_parent_alone(proc)
     monkeypatch.setattr(corpus_cache, "CHUNK_DOCS", 1)  # the killed run's cut
     build(tok, path, cache)
     assert " of 20 chunks done by an earlier run" in capsys.readouterr().out

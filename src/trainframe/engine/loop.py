@@ -107,6 +107,11 @@ class Trainer:
     step, tokens_seen, best_val, bad_steps, bad_steps_total, backward_passes, phase = map(
         forwarded, ("step", "tokens_seen", "best_val", "bad_steps", "bad_steps_total", "backward_passes", "phase"))
 
+    @property
+    def defer_sync(self) -> bool:
+        """Whether the loop reads each step's values back only at log steps (the ``DeviceSkip`` policy)."""
+        return isinstance(self.nonfinite, DeviceSkip)
+
     def __init__(self, config: RunConfig, plugins, run_dir: Path, *, model, tokenizer, dataset, optimizer,
                  schedule, controller: PhaseController, listeners: list, device: torch.device,
                  world: World | None = None, wrapped_model=None):
@@ -132,9 +137,9 @@ class Trainer:
         self.sharded = self.world.distributed and t.distributed == "fsdp2"
         # Host values per step only where something needs them each step (see the module docstring).
         # (Not under FSDP2: its sharded parameters and a plain found_inf flag do not mix in the kernel.)
-        self.defer_sync = (skips_on_device(optimizer) and not controller.wants_update_norms
-                           and not controller.wants_host_values and not self.sharded)
-        self.nonfinite = DeviceSkip() if self.defer_sync else HostCheck()
+        on_device = (skips_on_device(optimizer) and not controller.wants_update_norms
+                     and not controller.wants_host_values and not self.sharded)
+        self.nonfinite = DeviceSkip() if on_device else HostCheck()
         self._batches: Prefetcher | None = None  # the training batches while fit() runs
         self.stop_signal: int | None = None  # SIGINT or SIGTERM, once one arrived
         self._last_save = time.monotonic()  # of a step checkpoint, for save_every_minutes
