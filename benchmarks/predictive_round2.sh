@@ -5,14 +5,14 @@
 # text config (Tiny Shakespeare, bytes, batch 16).
 #
 #   benchmarks/predictive_round2.sh smoke OUT        every new recipe for 100 steps (does it run here?)
-#   benchmarks/predictive_round2.sh grid tct|text OUT 2 seeds: plain at 0.5x/0.75x/1x budgets and at half and
-#                                                     twice its lr; outer K x momentum x outer lr
+#   benchmarks/predictive_round2.sh grid tct|text OUT SEEDS (2) seeds: plain at 0.5x/0.75x/1x budgets and at
+#                                                     half and twice its lr; outer K x momentum x outer lr
 #   benchmarks/predictive_round2.sh final tct|text OUT
 #                                                     SEEDS (3) seeds: plain budgets, the grid's best outer
 #                                                     setting (BEST='K MOMENTUM OUTER_LR'), its gated form
-#                                                     and that form with the step size fixed at 1;
-#                                                     then skip and plain at twice the lr, and on tct
-#                                                     selective backprop and its random control (2 seeds)
+#                                                     and that form with the step size fixed at 1
+#   benchmarks/predictive_round2.sh more tct|text OUT SEEDS (2) seeds: skip and plain at twice the lr, and on
+#                                                     tct selective backprop and its random control
 #   benchmarks/predictive_round2.sh retuned tct|text OUT
 #                                                     SEEDS (2) seeds at the inner lr LR: plain budgets,
 #                                                     plain at twice LR, BEST outer and gated; tct also
@@ -26,11 +26,12 @@
 # A stage runs several benches side by side (JOBS, default 4) and merges them with
 # `bench predictive --summarize`: FLOPs, and so the compute factor, do not depend on what else
 # runs on the GPU; wall-clock does, so the final stage runs one bench at a time.
-# Extra KEY=VALUE arguments go to every run.
+# Extra KEY=VALUE arguments go to every run; with seed=N a stage's seeds start at N, so seeds run in
+# separate calls join up in `bench predictive --summarize DIR DIR ...`.
 set -euo pipefail
-stage=${1:?usage: predictive_round2.sh smoke|grid|final|retuned|skipcost [tct|text] OUT_DIR [KEY=VALUE ...]}
+stage=${1:?usage: predictive_round2.sh smoke|grid|final|more|retuned|skipcost [tct|text] OUT_DIR [KEY=VALUE ...]}
 if [[ $stage == smoke ]]; then work=tct; else work=${2:?expected tct or text}; shift; fi
-out=${2:?usage: predictive_round2.sh smoke|grid|final|retuned|skipcost [tct|text] OUT_DIR [KEY=VALUE ...]}
+out=${2:?usage: predictive_round2.sh smoke|grid|final|more|retuned|skipcost [tct|text] OUT_DIR [KEY=VALUE ...]}
 shift 2
 steps=2000
 [[ $stage == smoke ]] && steps=100
@@ -66,13 +67,13 @@ case "$stage" in
     ;;
   grid)
     half=$(python3 -c "print($lr / 2)"); twice=$(python3 -c "print($lr * 2)")
-    bench "$work-plain" --controllers full --seeds 2 --budgets 0.5,0.75 \
+    bench "$work-plain" --controllers full --seeds "${SEEDS:-2}" --budgets 0.5,0.75 \
       --recipe "full-lr$half optim.lr=$half" --recipe "full-lr$twice optim.lr=$twice"
     for k in 16 32 64; do
       recipes=()
       for m in 0.5 0.7 0.9; do for olr in 0.7 1.0; do recipes+=(--recipe "$(outer $k $m $olr)"); done; done
       # each bench's first recipe is its own baseline; the merge keeps the plain bench's runs of it
-      bench "$work-k$k" --controllers full --seeds 2 --budgets "" "${recipes[@]}"
+      bench "$work-k$k" --controllers full --seeds "${SEEDS:-2}" --budgets "" "${recipes[@]}"
     done
     wait
     trainframe bench predictive --summarize "$out/$work-plain" "$out"/$work-k* --out "$out/$work" > "$out/$work.md"
@@ -85,16 +86,18 @@ case "$stage" in
     jobs=1  # one bench at a time: these wall-clock figures are the headline
     bench "$work-final" --controllers full --seeds "${SEEDS:-3}" --budgets 0.5,0.75 \
       --recipe "$(outer "${best[@]}")" --recipe "$gated" --recipe "$verified"
+    wait
+    ;;
+  more)
     twice=$(python3 -c "print($lr * 2)")
+    controllers=full,skip
     more=(--recipe "full-lr$twice optim.lr=$twice")
     if [[ $work == tct ]]; then  # multi-epoch data: selective backprop and its control at equal FLOPs
+      controllers=full,selective,skip
       more+=(--recipe "selective-random 'phases={name: selective, select: random}'")
-      bench "$work-more" --controllers full,selective,skip --seeds 2 --budgets "" "${more[@]}"
-    else
-      bench "$work-more" --controllers full,skip --seeds 1 --budgets "" "${more[@]}"
     fi
+    bench "$work-more" --controllers $controllers --seeds "${SEEDS:-2}" --budgets "" "${more[@]}"
     wait
-    trainframe bench predictive --summarize "$out/$work-final" "$out/$work-more" --out "$out/$work" > "$out/$work.md"
     ;;
   retuned)  # everything at one inner lr (LR), in one bench: the plain lr there was the best one found
     best=(${BEST:?set BEST=\'K MOMENTUM OUTER_LR\' from the grid})
@@ -117,5 +120,5 @@ case "$stage" in
       --recipe "skip-never-predicts 'phases={name: skip, warmup_steps: 1000000}'"
     wait
     ;;
-  *) echo "unknown stage '$stage': expected smoke, grid, final, retuned or skipcost" >&2; exit 2 ;;
+  *) echo "unknown stage '$stage': expected smoke, grid, final, more, retuned or skipcost" >&2; exit 2 ;;
 esac

@@ -77,12 +77,16 @@ def test_budget_controls_compute_factor_and_merging(tmp_path, capsys):
     short = a["recipes"]["base@0.5x"]
     assert short["steps"] == 10 and short["budget"] == 0.5 and a["recipes"]["base"]["budget"] == 1.0
     assert short["compute_factor"] == pytest.approx(1.0) and short["compute_factor_extrapolated"] is False
-    # a second bench of the same config, run apart, merged into the first's summary
-    _bench(capsys, tmp_path / "b", "--recipe", "fast optim.lr=6e-3", "--seeds", "1", "--eval-every", "5")
+    # a second bench of the same config, run apart with the baseline's next seed, merged into the
+    # first's summary: the baseline gets both seeds, in seed order
+    seed = a["recipes"]["base"]["runs"][0]["seed"]
+    _bench(capsys, tmp_path / "b", "--recipe", f"base seed={seed + 1}", "--recipe", "fast optim.lr=6e-3",
+           "--seeds", "1", "--eval-every", "5")
     assert main(["bench", "target", "--summarize", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
                  str(tmp_path / "ab"), "--json"]) == 0
     merged = json.loads(capsys.readouterr().out)
     assert list(merged["recipes"]) == ["base", "base@0.5x", "fast"]
+    assert [r["seed"] for r in merged["recipes"]["base"]["runs"]] == [seed, seed + 1]
     fast = merged["recipes"]["fast"]
     points = [(merged["recipes"][n]["flops"], merged["recipes"][n]["final_val_loss"]) for n in ("base", "base@0.5x")]
     needed, extrapolated = plain_needs(points, fast["final_val_loss"])

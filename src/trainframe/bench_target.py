@@ -111,8 +111,9 @@ def parse_budgets(text: str) -> list[float]:
 
 def summarize_again(dirs: list[Path], tolerance: float, as_json: bool, view: View = View(),
                     out: Path | None = None) -> int:
-    """The summary, table and plot of the runs in each ``DIR/results.json``, made anew; a recipe
-    found in several keeps the first one's runs."""
+    """The summary, table and plot of the runs in each ``DIR/results.json``, made anew. A recipe
+    found in several keeps each seed's first run, so seeds run apart (``seed=`` overrides) join up;
+    its settings are the first one's."""
     runs, meta = {}, None
     for path in dirs:
         where = path / "results.json"
@@ -123,12 +124,16 @@ def summarize_again(dirs: list[Path], tolerance: float, as_json: bool, view: Vie
                 meta["recipes"] = {}
             for name, row in old["recipes"].items():
                 if name not in runs:
-                    runs[name] = row["runs"]
+                    runs[name] = []
                     meta["recipes"][name] = {k: row.get(k) for k in ("config", "overrides", "max_steps", "budget")}
+                seen = {r["seed"] for r in runs[name]}
+                runs[name] += [r for r in row["runs"] if r["seed"] not in seen]
         except OSError as e:
             raise UserError(f"--summarize: {where}: cannot read: {e.strerror}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"--summarize: {where}: not the results of a bench ({e!r})") from None
+    for name in runs:  # the n-th seed of a recipe is paired with the n-th of the baseline
+        runs[name].sort(key=lambda r: r["seed"])
     summary = summarize(runs, {**meta, "tolerance": tolerance}, view)
     table = markdown_table(summary, view)
     out = out or dirs[0]
