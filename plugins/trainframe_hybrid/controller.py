@@ -177,6 +177,32 @@ def _on_host(outcome: StepOutcome) -> StepOutcome:
     return StepOutcome(outcome.step, outcome.phase, value(outcome.loss), outcome.lr, value(outcome.grad_norm))
 
 
+class LateRead:
+    """A step's loss and grad norm on their way to the host. A plain read of a CUDA tensor (``float``,
+    ``.item()``) waits for everything queued on the stream, the steps after it included; here the
+    values are copied into pinned memory behind the step's own work, and ``read`` waits for that copy
+    alone, so the host stays the steps in between ahead of the device."""
+
+    def __init__(self, outcome: StepOutcome):
+        self.outcome, self.done = outcome, None
+        values = [v for v in (outcome.loss, outcome.grad_norm) if v is not None]
+        if any(isinstance(v, torch.Tensor) and v.is_cuda for v in values):
+            device = next(v.device for v in values if isinstance(v, torch.Tensor))
+            on_device = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in values])
+            self.host = torch.empty(len(values), pin_memory=True)
+            self.host.copy_(on_device, non_blocking=True)
+            self.done = torch.cuda.Event()
+            self.done.record()
+
+    def read(self) -> StepOutcome:
+        o = self.outcome
+        if self.done is None:
+            return _on_host(o)
+        self.done.synchronize()
+        loss, *grad_norm = self.host.tolist()
+        return StepOutcome(o.step, o.phase, loss, o.lr, grad_norm[0] if grad_norm else None)
+
+
 def group_key(name: str, by_layer: bool, optimizer_group: str) -> str:
     if not by_layer:
         return optimizer_group
@@ -231,7 +257,7 @@ class HybridController(PhaseController):
         self.applied_norms: list[float] | None = None  # per-group norms of the move made for the next step
         self.held: list[list] = []
         self.lean = cfg.predictor == "skip"
-        self.late: list[StepOutcome] = []  # lean: the steps observed, each processed read_lag steps later
+        self.late: list[LateRead] = []  # lean: the steps observed, each processed read_lag steps later
 
     # ------------------------------------------------------------------- the protocol
     def decide(self, step: int) -> tuple[Phase, str]:
@@ -255,10 +281,10 @@ class HybridController(PhaseController):
 
     def observe(self, outcome: StepOutcome, trainer) -> dict:
         if self.lean:  # process an older step: reading its loss waits for it alone, later ones stay queued
-            self.late.append(outcome)
+            self.late.append(LateRead(outcome))
             if len(self.late) <= self.cfg.read_lag:
                 return {}
-            outcome = _on_host(self.late.pop(0))  # the wait is the device's time, not the controller's
+            outcome = self.late.pop(0).read()  # the wait is the device's time, not the controller's
         start = time.perf_counter()
         if not self.ready:
             self._setup(trainer)
@@ -602,7 +628,7 @@ class HybridController(PhaseController):
     def state_dict(self) -> dict:
         state = {"machine": self.machine.state_dict(), "ready": self.ready,
                  "held": [[tuple(t.cpu() for t in batch) for batch in step] for step in self.held],
-                 "late": [[o.step, o.phase.value, o.loss, o.lr, o.grad_norm] for o in map(_on_host, self.late)]}
+                 "late": [[o.step, o.phase.value, o.loss, o.lr, o.grad_norm] for o in (r.read() for r in self.late)]}
         if not self.ready:
             return state
         state.update({name: getattr(self, name, None) for name in self.SCALARS})
@@ -617,7 +643,7 @@ class HybridController(PhaseController):
         # The schedule and the held batches are needed before the first step sees the trainer.
         self.machine.load_state_dict(state["machine"])
         self.held = [[tuple(batch) for batch in step] for step in state["held"]]
-        self.late = [StepOutcome(step, Phase(phase), *rest) for step, phase, *rest in state.get("late", [])]
+        self.late = [LateRead(StepOutcome(step, Phase(phase), *rest)) for step, phase, *rest in state.get("late", [])]
         if state["ready"]:
             self.pending_state = state
             self.ready = False

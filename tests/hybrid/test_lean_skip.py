@@ -69,7 +69,7 @@ def test_deferred_device_values_give_the_same_run(plugins, tmp_path):
     eager = trainer_for(plugins, tmp_path, "eager", "optim.fused=true", "trainer.log_every=5")
     eager.nonfinite = HostCheck()  # a host read per step
     assert isinstance(deferred.nonfinite, DeviceSkip)
-    assert all(isinstance(o.loss, torch.Tensor) for o in deferred.controller.late)  # the last steps, unread
+    assert all(isinstance(r.outcome.loss, torch.Tensor) for r in deferred.controller.late)  # the last steps, unread
     eager.fit()
     assert train_rows(tmp_path / "deferred") and ([r["loss"] for r in train_rows(tmp_path / "deferred")]
                                                  == [r["loss"] for r in train_rows(tmp_path / "eager")])
