@@ -82,7 +82,7 @@ case "$stage" in
     best=(${BEST:?set BEST=\'K MOMENTUM OUTER_LR\' from the grid})
     gated="outer-gated 'phases={name: outer-gated, every: ${best[0]}, momentum: ${best[1]}, outer_lr: ${best[2]}}'"
     # the gated form's control: the same verification and rollback, the step size fixed at 1
-    verified="outer-verified 'phases={name: outer-gated, every: ${best[0]}, momentum: ${best[1]}, outer_lr: ${best[2]}, scales: [1.0], explore: 0}'"
+    verified="outer-verified 'phases={name: outer-gated, every: ${best[0]}, momentum: ${best[1]}, outer_lr: ${best[2]}, scales: [1.0]}'"
     jobs=1  # one bench at a time: these wall-clock figures are the headline
     bench "$work-final" --controllers full --seeds "${SEEDS:-3}" --budgets 0.5,0.75 \
       --recipe "$(outer "${best[@]}")" --recipe "$gated" --recipe "$verified"

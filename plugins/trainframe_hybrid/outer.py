@@ -17,7 +17,9 @@ at the start and never trained on; the ensemble, fed the history of losses, disp
 momentum norms, predicts the gain of each candidate ``scale`` (the weights go to
 ``w + scale * (outer step - w)``), the residual corrector adds what similar past states got
 wrong, the best candidate is taken and verified on the same batches, and rolled back (to the
-exact inner result) when it made the loss worse. The observed gain trains the ensemble.
+exact inner result) when it made the loss worse. The observed gain trains the ensemble. With one
+candidate (``scales: [1.0]``) there is nothing to choose: no ensemble or corrector is built, and
+what is left, outer Nesterov with verification and rollback, is the control the ensemble must beat.
 
 Both keep all their per-step work on the device: no host sync and no weight copy between block
 ends. The engine's deferred host sync stays on (``wants_host_values`` is false).
@@ -152,9 +154,11 @@ class GatedOuterController(OuterController):
     def __init__(self, cfg: GatedOuterConfig):
         super().__init__(cfg)
         n = len(cfg.scales)
-        self.dynamics = Dynamics(N_FEATURES, n, torch.device("cpu"), members=cfg.ensemble, hidden=cfg.hidden,
-                                 bptt=cfg.bptt, lr=cfg.dynamics_lr, kl_weight=cfg.kl_weight, seed=cfg.seed)
-        self.corrector = ResidualCorrector(N_FEATURES, n, k=cfg.corrector_k, decay=0.98, clamp=1.0)
+        self.chooses = n > 1  # one candidate: verification and rollback alone, no ensemble
+        self.dynamics = (Dynamics(N_FEATURES, n, torch.device("cpu"), members=cfg.ensemble, hidden=cfg.hidden,
+                                  bptt=cfg.bptt, lr=cfg.dynamics_lr, kl_weight=cfg.kl_weight, seed=cfg.seed)
+                         if self.chooses else None)
+        self.corrector = ResidualCorrector(N_FEATURES, n, k=cfg.corrector_k, decay=0.98, clamp=1.0) if self.chooses else None
         self.verify: list | None = None  # the verification batches, on the host
         self.last_loss: float | None = None  # verification loss where the last block started
         self.last_scale, self.last_gain = 0.0, 0.0
@@ -203,18 +207,16 @@ class GatedOuterController(OuterController):
         dot = sum((d * m).sum() for d, m in zip(self._displacement, self.momentum))
         inner_loss = self._verification_loss(trainer)
         loss0, disp, mom, dot = torch.stack([inner_loss, disp_sq.sqrt(), mom_sq.sqrt(), dot]).tolist()
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        features = self._features(loss0, [disp, mom, dot], lr, trainer.step / max(trainer.max_steps, 1))
-
-        out = self.dynamics.observe(features, predicted=False)  # (members, 1 + scales)
-        if self.pending_target is not None:  # the last block end's outcome, for the prediction made there
-            self.dynamics.add_targets(*self.pending_target)
-            self.dynamics.train()
-        predicted = out[:, 1:].mean(0) + self.corrector.predict(features)
-        if self.outer_steps < c.explore:
-            choice = self.outer_steps % len(c.scales)
-        else:
-            choice = int(predicted.argmax())
+        choice, predicted = 0, None
+        if self.chooses:
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            features = self._features(loss0, [disp, mom, dot], lr, trainer.step / max(trainer.max_steps, 1))
+            out = self.dynamics.observe(features, predicted=False)  # (members, 1 + scales)
+            if self.pending_target is not None:  # the last block end's outcome, for the prediction made there
+                self.dynamics.add_targets(*self.pending_target)
+                self.dynamics.train()
+            predicted = out[:, 1:].mean(0) + self.corrector.predict(features)
+            choice = self.outer_steps % len(c.scales) if self.outer_steps < c.explore else int(predicted.argmax())
         scale = c.scales[choice]
 
         if self.backup is None:
@@ -235,12 +237,13 @@ class GatedOuterController(OuterController):
         progress = (self.last_loss - loss0) if self.last_loss is not None else abs(loss0) * 1e-2
         gain = (loss0 - loss1) / max(abs(progress), 1e-4)
         gain = max(min(gain, 3.0), -3.0)
-        target, mask = torch.zeros(1 + len(c.scales)), torch.zeros(1 + len(c.scales))
-        target[1 + choice], mask[1 + choice] = gain, 1.0
-        self.pending_target = (target, mask)
-        residual = torch.zeros(len(c.scales))
-        residual[choice] = gain - float(predicted[choice])
-        self.corrector.add(features, float(predicted[choice]), gain, residual)
+        if self.chooses:
+            target, mask = torch.zeros(1 + len(c.scales)), torch.zeros(1 + len(c.scales))
+            target[1 + choice], mask[1 + choice] = gain, 1.0
+            self.pending_target = (target, mask)
+            residual = torch.zeros(len(c.scales))
+            residual[choice] = gain - float(predicted[choice])
+            self.corrector.add(features, float(predicted[choice]), gain, residual)
         self.last_loss = min(loss0, loss1)
         self.last_scale, self.last_gain = scale, gain
         self.history.append({"step": trainer.step + 1, "scale": scale, "gain": gain, "rolled_back": rolled_back})
@@ -254,8 +257,9 @@ class GatedOuterController(OuterController):
         state = super().state_dict()
         state.update({name: getattr(self, name) for name in self.SCALARS})
         state["verify"] = self.verify
-        state["dynamics"] = self.dynamics.state_dict()
-        state["corrector"] = self.corrector.state_dict()
+        if self.chooses:
+            state["dynamics"] = self.dynamics.state_dict()
+            state["corrector"] = self.corrector.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -265,8 +269,9 @@ class GatedOuterController(OuterController):
         self.history = list(self.history)
         self.verify = state["verify"]
         self.backup = None
-        self.dynamics.load_state_dict(state["dynamics"])
-        self.corrector.load_state_dict(state["corrector"])
+        if self.chooses:
+            self.dynamics.load_state_dict(state["dynamics"])
+            self.corrector.load_state_dict(state["corrector"])
 
 
 def build_outer(cfg: OuterConfig) -> OuterController:

@@ -26,6 +26,8 @@ trainer: {{max_steps: 18, batch_size: 4, eval_every: 0, eval_batches: 1, log_eve
           sample_tokens: 0, device: cpu}}
 """
 GATED = ["phases={name: outer-gated, every: 4, momentum: 0.7, verify_batches: 2, explore: 2, hidden: 8}"]
+# the gated form's control: one candidate, so verification and rollback without the ensemble
+VERIFIED = ["phases={name: outer-gated, every: 4, momentum: 0.7, verify_batches: 2, scales: [1.0]}"]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,18 @@ def test_gated_verification_batches_are_drawn_once_and_not_trained_on(plugins, c
     assert sum("outer_gain" in r for r in rows) == 4
 
 
-@pytest.mark.parametrize("overrides", [[], GATED], ids=["outer", "gated"])
+def test_one_candidate_verifies_without_the_ensemble(plugins, config, tmp_path):
+    t = make(plugins, config, tmp_path / "one", *VERIFIED)
+    t.fit()
+    c = t.controller
+    assert c.dynamics is None and c.corrector is None and "dynamics" not in c.state_dict()
+    assert c.outer_steps == 4 and [h["scale"] for h in c.history] == [1.0] * 4
+    assert c.rollbacks == sum(h["rolled_back"] for h in c.history)
+    rows = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["outer_scale"] for r in rows if "outer_scale" in r} <= {0.0, 1.0}  # 0: rolled back
+
+
+@pytest.mark.parametrize("overrides", [[], GATED, VERIFIED], ids=["outer", "gated", "verified"])
 def test_resume_mid_block_gives_the_same_losses(plugins, config, tmp_path, overrides):
     a = make(plugins, config, tmp_path / "a", *overrides)
     a.fit()
