@@ -13,7 +13,8 @@ inner optimizer (AdamW, Muon ...) keeps its state across blocks. This is DiLoCo 
 
 ``outer-gated`` lets the dynamics ensemble choose the outer step size. At each block end it
 measures the loss at the inner result on a few batches of its own, drawn from the training stream
-at the start and never trained on; the ensemble, fed the history of losses, displacement and
+at the start (so not trained on before they are used; on data seen for several epochs the same
+windows come back in later epochs, so they are not a held-out split); the ensemble, fed the history of losses, displacement and
 momentum norms, predicts the gain of each candidate ``scale`` (the weights go to
 ``w + scale * (outer step - w)``), the residual corrector adds what similar past states got
 wrong, the best candidate is taken and verified on the same batches, and rolled back (to the
@@ -53,7 +54,7 @@ class OuterConfig(ComponentConfig):
 class GatedOuterConfig(OuterConfig):
     scales: list[float] = Field([0.5, 1.0, 1.5], min_length=1,
                                 description="candidate multiples of the outer step (beyond the inner result)")
-    verify_batches: int = Field(2, gt=0, description="batches of the verification set (held out of training)")
+    verify_batches: int = Field(2, gt=0, description="batches of the verification set (drawn from the training stream at the start)")
     explore: int = Field(6, ge=0, description="first block ends try the scales in turn, to seed the ensemble")
     ensemble: int = Field(3, gt=0, description="members of the dynamics ensemble")
     hidden: int = Field(32, gt=0, description="GRU state size of each dynamics member")
@@ -171,7 +172,7 @@ class GatedOuterController(OuterController):
 
     def start(self, trainer) -> None:
         super().start(trainer)
-        if self.verify is None:  # drawn from the training stream: these batches are not trained on
+        if self.verify is None:  # drawn from the training stream: the first epoch trains on these no more
             size = trainer.config.trainer.batch_size
             self.verify = [tuple(t.clone() for t in trainer.dataset.next_batch(size))
                            for _ in range(self.cfg.verify_batches)]

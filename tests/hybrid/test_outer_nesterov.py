@@ -127,7 +127,7 @@ def test_gated_rollback_restores_the_exact_inner_result(plugins, config, tmp_pat
     assert torch.equal(torch.cat([a.flatten() for a in c.anchor]), flat(t))
 
 
-def test_gated_verification_batches_are_drawn_once_and_not_trained_on(plugins, config, tmp_path):
+def test_gated_verification_batches_are_drawn_once(plugins, config, tmp_path):
     t = make(plugins, config, tmp_path / "v", *GATED)
     t.fit()
     c = t.controller
