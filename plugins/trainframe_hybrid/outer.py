@@ -13,9 +13,9 @@ inner optimizer (AdamW, Muon ...) keeps its state across blocks. This is DiLoCo 
 
 ``outer-gated`` lets the dynamics ensemble choose the outer step size. At each block end it
 measures the loss at the inner result on a few batches of its own, drawn from the training stream
-at the start (so not trained on before they are used; on data seen for several epochs the same
-windows come back in later epochs, so they are not a held-out split); the ensemble, fed the history of losses, displacement and
-momentum norms, predicts the gain of each candidate ``scale`` (the weights go to
+at the start (not trained on before they are used; on data read for several epochs the same
+windows come back later, so they are no held-out split). The ensemble, fed the history of losses,
+displacement and momentum norms, predicts the gain of each candidate ``scale`` (the weights go to
 ``w + scale * (outer step - w)``), the residual corrector adds what similar past states got
 wrong, the best candidate is taken and verified on the same batches, and rolled back (to the
 exact inner result) when it made the loss worse. The observed gain trains the ensemble. With one
@@ -54,7 +54,8 @@ class OuterConfig(ComponentConfig):
 class GatedOuterConfig(OuterConfig):
     scales: list[float] = Field([0.5, 1.0, 1.5], min_length=1,
                                 description="candidate multiples of the outer step (beyond the inner result)")
-    verify_batches: int = Field(2, gt=0, description="batches of the verification set (drawn from the training stream at the start)")
+    verify_batches: int = Field(2, gt=0, description="batches of the verification set, drawn from the "
+                                "training stream at the start")
     explore: int = Field(6, ge=0, description="first block ends try the scales in turn, to seed the ensemble")
     ensemble: int = Field(3, gt=0, description="members of the dynamics ensemble")
     hidden: int = Field(32, gt=0, description="GRU state size of each dynamics member")
@@ -156,10 +157,11 @@ class GatedOuterController(OuterController):
         super().__init__(cfg)
         n = len(cfg.scales)
         self.chooses = n > 1  # one candidate: verification and rollback alone, no ensemble
-        self.dynamics = (Dynamics(N_FEATURES, n, torch.device("cpu"), members=cfg.ensemble, hidden=cfg.hidden,
-                                  bptt=cfg.bptt, lr=cfg.dynamics_lr, kl_weight=cfg.kl_weight, seed=cfg.seed)
-                         if self.chooses else None)
-        self.corrector = ResidualCorrector(N_FEATURES, n, k=cfg.corrector_k, decay=0.98, clamp=1.0) if self.chooses else None
+        self.dynamics = self.corrector = None
+        if self.chooses:
+            self.dynamics = Dynamics(N_FEATURES, n, torch.device("cpu"), members=cfg.ensemble, hidden=cfg.hidden,
+                                     bptt=cfg.bptt, lr=cfg.dynamics_lr, kl_weight=cfg.kl_weight, seed=cfg.seed)
+            self.corrector = ResidualCorrector(N_FEATURES, n, k=cfg.corrector_k, decay=0.98, clamp=1.0)
         self.verify: list | None = None  # the verification batches, on the host
         self.last_loss: float | None = None  # verification loss where the last block started
         self.last_scale, self.last_gain = 0.0, 0.0
@@ -172,7 +174,7 @@ class GatedOuterController(OuterController):
 
     def start(self, trainer) -> None:
         super().start(trainer)
-        if self.verify is None:  # drawn from the training stream: the first epoch trains on these no more
+        if self.verify is None:  # drawn from the training stream, so its first epoch does not train on them
             size = trainer.config.trainer.batch_size
             self.verify = [tuple(t.clone() for t in trainer.dataset.next_batch(size))
                            for _ in range(self.cfg.verify_batches)]
