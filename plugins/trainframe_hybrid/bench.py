@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summarize", type=Path, nargs="+", metavar="DIR",
                    help="train nothing: merge and summarize the results.json of earlier benches (run side by "
                         "side on one config), the first DIR's first recipe the baseline; written to --out "
-                        "(default the first DIR)")
+                        "(default the first DIR). A recipe in several keeps each seed once, so seeds run apart "
+                        "(seed=N) join up")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for results.json, results.md, curves.png (default runs/bench-predictive-TIME)")

@@ -85,7 +85,8 @@ def target_args(p: argparse.ArgumentParser) -> None:
                    help="train nothing: summarize DIR/results.json of an earlier bench again (with this "
                         "--tolerance) and rewrite its table and plot; CONFIG is then not needed. Several DIRs "
                         "(benches of one config run side by side) are merged into one summary, the first DIR's "
-                        "first recipe the baseline, written to --out (default the first DIR)")
+                        "first recipe the baseline, written to --out (default the first DIR); a recipe in several "
+                        "keeps each seed once, so seeds run apart (seed=N) join up")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for results.json, results.md, curves.png (default runs/bench-target-TIME)")
