@@ -129,6 +129,26 @@ def join_two_ranks(rank: int, port: int):
     return distributed.init("cpu")
 
 
+def _two_rank_scenarios(rank: int, port: int, scenarios):
+    from trainframe.engine import distributed
+
+    world = join_two_ranks(rank, port)
+    for scenario, *args in scenarios:
+        scenario(world, *args)
+    distributed.shutdown(world)  # the scenarios' trainers are garbage by now (shutdown collects it)
+
+
+def spawn_two_ranks(*scenarios) -> None:
+    """Run ``scenarios`` -- each ``(function, *args)``, the function at a test module's top level --
+    one after the other in the same two gloo ranks of one ``mp.spawn``, each called as
+    ``function(world, *args)``. Every spawn pays two interpreter starts, ``import torch`` and plugin
+    loading (seconds on a CPU), so a test module runs its two-rank scenarios in one; each scenario
+    writes its results to files that its own test reads and asserts on."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_scenarios, args=(free_port(), scenarios), nprocs=2, join=True)
+
+
 def train_tiny_run(tmp_path, name, *overrides, steps=12, save_every=None):
     """Train ``TINY_YAML`` (plus ``overrides``) in this process into ``tmp_path/name`` for ``steps``
     steps, a checkpoint every ``save_every`` (default: at the end); returns the run dir."""

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from support import free_port, join_two_ranks
+from support import TINY_YAML, spawn_two_ranks
 
 from trainframe.config import load_config
 from trainframe.engine import checkpoint as ckpt
@@ -32,8 +31,7 @@ def _full_weights(trainer) -> torch.Tensor:
     return torch.cat(values) if values else None
 
 
-def _rank_main(rank, config, run_dir, port, out):
-    world = join_two_ranks(rank, port)
+def _ddp_ranks(world, config, run_dir, out):
     plugins = load_plugins()
     per_rank = ["trainer.batch_size=2", "trainer.grad_accum=2"]  # no_sync on the first micro-batch
     trainer = build_trainer(load_config(config, [*COMMON, *per_rank], plugins.registry), plugins, run_dir, world)
@@ -56,15 +54,55 @@ def _rank_main(rank, config, run_dir, port, out):
     if world.is_main:
         torch.save({"replicas": replicas, "after_resume": after, "params": _flat_params(trainer),
                     "ddp": ddp_weights, "fsdp2": fsdp_weights}, out)
-    del trainer, sharded, resumed  # garbage before the group goes (shutdown collects it)
-    distributed.shutdown(world)
+
+
+def _draws() -> list[float]:
+    return [*torch.rand(3).tolist(), random.random(), float(np.random.rand())]
+
+
+def _rng_ranks(world, config, run_dir, out):
+    rank = world.rank
+    plugins = load_plugins()
+    # Dropout draws from the torch RNG during training, so the saved streams are mid-run ones.
+    cfg = load_config(config, ["trainer.log_every=1", "trainer.save_every=0", "trainer.max_steps=2",
+                               "trainer.batch_size=2", "trainer.eval_every=0", "model.dropout=0.1"],
+                      plugins.registry)
+    first = build_trainer(cfg, plugins, run_dir, world)
+    # Seeds of their own per rank, so the ranks' streams differ from the start.
+    torch.manual_seed(100 + rank), random.seed(100 + rank), np.random.seed(100 + rank)
+    first.fit()  # ends with the step-2 checkpoint; nothing draws after it
+    result = {"after_save": _draws()}
+    # Streams moved elsewhere (as a new process would have them), then the resume puts them back.
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    trainer = build_trainer(cfg, plugins, run_dir, world)
+    trainer.resume()
+    result["resumed"] = _draws()
+    # A checkpoint written before per-rank states (no rng_ranks): every rank takes "rng".
+    old = ckpt.load(ckpt.step_path(f"{run_dir}/checkpoints", 2))
+    del old["rng_ranks"]
+    trainer.load_state_dict(old)
+    result["old_format"] = _draws()
+    torch.save(result, f"{out}.{rank}")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The module's two-rank scenarios, run in one spawn (two interpreter starts, not four); each
+    test below reads its own scenario's files."""
+    tmp = tmp_path_factory.mktemp("two_ranks")
+    config = tmp / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    paths = {"config": config, "ddp": tmp / "ddp", "ddp_out": tmp / "ranks.pt", "rng": tmp / "rng",
+             "rng_out": tmp / "draws"}
+    spawn_two_ranks((_ddp_ranks, str(config), str(paths["ddp"]), str(paths["ddp_out"])),
+                    (_rng_ranks, str(config), str(paths["rng"]), str(paths["rng_out"])))
+    return paths
 
 
 @pytest.mark.slow
-def test_two_ranks_ddp_and_fsdp2_match_one_process_at_the_same_global_batch(tiny_config, tmp_path):
-    run_dir, out = tmp_path / "ddp", tmp_path / "ranks.pt"
-    mp.spawn(_rank_main, args=(str(tiny_config), str(run_dir), free_port(), str(out)), nprocs=2, join=True)
-    result = torch.load(out)
+def test_two_ranks_ddp_and_fsdp2_match_one_process_at_the_same_global_batch(two_ranks, tmp_path):
+    tiny_config, run_dir = two_ranks["config"], two_ranks["ddp"]
+    result = torch.load(two_ranks["ddp_out"])
     # Identical weights on both ranks, before and after a resume.
     assert torch.equal(*result["replicas"])
     assert torch.equal(*result["after_resume"])
@@ -89,41 +127,9 @@ def test_two_ranks_ddp_and_fsdp2_match_one_process_at_the_same_global_batch(tiny
         build_trainer(load_config(tiny_config, COMMON, plugins.registry), plugins, run_dir).resume()
 
 
-def _draws() -> list[float]:
-    return [*torch.rand(3).tolist(), random.random(), float(np.random.rand())]
-
-
-def _rng_rank_main(rank, config, run_dir, port, out):
-    world = join_two_ranks(rank, port)
-    plugins = load_plugins()
-    # Dropout draws from the torch RNG during training, so the saved streams are mid-run ones.
-    cfg = load_config(config, ["trainer.log_every=1", "trainer.save_every=0", "trainer.max_steps=2",
-                               "trainer.batch_size=2", "trainer.eval_every=0", "model.dropout=0.1"],
-                      plugins.registry)
-    first = build_trainer(cfg, plugins, run_dir, world)
-    # Seeds of their own per rank, so the ranks' streams differ from the start.
-    torch.manual_seed(100 + rank), random.seed(100 + rank), np.random.seed(100 + rank)
-    first.fit()  # ends with the step-2 checkpoint; nothing draws after it
-    result = {"after_save": _draws()}
-    # Streams moved elsewhere (as a new process would have them), then the resume puts them back.
-    torch.manual_seed(7), random.seed(7), np.random.seed(7)
-    trainer = build_trainer(cfg, plugins, run_dir, world)
-    trainer.resume()
-    result["resumed"] = _draws()
-    # A checkpoint written before per-rank states (no rng_ranks): every rank takes "rng".
-    old = ckpt.load(ckpt.step_path(f"{run_dir}/checkpoints", 2))
-    del old["rng_ranks"]
-    trainer.load_state_dict(old)
-    result["old_format"] = _draws()
-    torch.save(result, f"{out}.{rank}")
-    del first, trainer
-    distributed.shutdown(world)
-
-
 @pytest.mark.slow
-def test_each_rank_resumes_its_own_rng_state(tiny_config, tmp_path):
-    run_dir, out = tmp_path / "rng", tmp_path / "draws"
-    mp.spawn(_rng_rank_main, args=(str(tiny_config), str(run_dir), free_port(), str(out)), nprocs=2, join=True)
+def test_each_rank_resumes_its_own_rng_state(two_ranks):
+    run_dir, out = two_ranks["rng"], two_ranks["rng_out"]
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]
     for r in ranks:
         assert r["resumed"] == r["after_save"]
