@@ -130,20 +130,27 @@ def join_two_ranks(rank: int, port: int):
 
 
 def _two_rank_scenarios(rank: int, port: int, scenarios):
-    from trainframe.engine import distributed
+    import gc
+
+    from trainframe.engine import distributed, sharded
 
     world = join_two_ranks(rank, port)
     for scenario, *args in scenarios:
         scenario(world, *args)
-    distributed.shutdown(world)  # the scenarios' trainers are garbage by now (shutdown collects it)
+        # The next scenario starts with no sharded save in flight, the last one's trainers freed
+        # and both ranks in step.
+        sharded.drain()
+        gc.collect()
+        distributed.barrier(world)
+    distributed.shutdown(world)
 
 
 def spawn_two_ranks(*scenarios) -> None:
     """Run ``scenarios`` -- each ``(function, *args)``, the function at a test module's top level --
     one after the other in the same two gloo ranks of one ``mp.spawn``, each called as
     ``function(world, *args)``. Every spawn pays two interpreter starts, ``import torch`` and plugin
-    loading (seconds on a CPU), so a test module runs its two-rank scenarios in one; each scenario
-    writes its results to files that its own test reads and asserts on."""
+    loading (seconds on a CPU), so the session runs its two-rank scenarios in one (the ``two_ranks``
+    fixture, conftest.py); each scenario writes its results to files that its own test asserts on."""
     import torch.multiprocessing as mp
 
     mp.spawn(_two_rank_scenarios, args=(free_port(), scenarios), nprocs=2, join=True)

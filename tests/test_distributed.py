@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from support import TINY_YAML, spawn_two_ranks
+from support import TINY_YAML
 
 from trainframe.config import load_config
 from trainframe.engine import checkpoint as ckpt
@@ -31,7 +31,8 @@ def _full_weights(trainer) -> torch.Tensor:
     return torch.cat(values) if values else None
 
 
-def _ddp_ranks(world, config, run_dir, out):
+def _ddp_ranks(world, directory):
+    config, run_dir, out = f"{directory}/config.yaml", f"{directory}/run", f"{directory}/ranks.pt"
     plugins = load_plugins()
     per_rank = ["trainer.batch_size=2", "trainer.grad_accum=2"]  # no_sync on the first micro-batch
     trainer = build_trainer(load_config(config, [*COMMON, *per_rank], plugins.registry), plugins, run_dir, world)
@@ -60,8 +61,8 @@ def _draws() -> list[float]:
     return [*torch.rand(3).tolist(), random.random(), float(np.random.rand())]
 
 
-def _rng_ranks(world, config, run_dir, out):
-    rank = world.rank
+def _rng_ranks(world, directory):
+    config, run_dir, out, rank = f"{directory}/config.yaml", f"{directory}/run", f"{directory}/draws", world.rank
     plugins = load_plugins()
     # Dropout draws from the torch RNG during training, so the saved streams are mid-run ones.
     cfg = load_config(config, ["trainer.log_every=1", "trainer.save_every=0", "trainer.max_steps=2",
@@ -85,24 +86,14 @@ def _rng_ranks(world, config, run_dir, out):
     torch.save(result, f"{out}.{rank}")
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """The module's two-rank scenarios, run in one spawn (two interpreter starts, not four); each
-    test below reads its own scenario's files."""
-    tmp = tmp_path_factory.mktemp("two_ranks")
-    config = tmp / "tiny.yaml"
-    config.write_text(TINY_YAML)
-    paths = {"config": config, "ddp": tmp / "ddp", "ddp_out": tmp / "ranks.pt", "rng": tmp / "rng",
-             "rng_out": tmp / "draws"}
-    spawn_two_ranks((_ddp_ranks, str(config), str(paths["ddp"]), str(paths["ddp_out"])),
-                    (_rng_ranks, str(config), str(paths["rng"]), str(paths["rng_out"])))
-    return paths
+# Run in the session's one two-rank spawn (the two_ranks fixture, conftest.py), each in a directory of its own.
+TWO_RANKS = {"ddp": (_ddp_ranks, TINY_YAML), "rng": (_rng_ranks, TINY_YAML)}
 
 
 @pytest.mark.slow
 def test_two_ranks_ddp_and_fsdp2_match_one_process_at_the_same_global_batch(two_ranks, tmp_path):
-    tiny_config, run_dir = two_ranks["config"], two_ranks["ddp"]
-    result = torch.load(two_ranks["ddp_out"])
+    tiny_config, run_dir = two_ranks["ddp"] / "config.yaml", two_ranks["ddp"] / "run"
+    result = torch.load(two_ranks["ddp"] / "ranks.pt")
     # Identical weights on both ranks, before and after a resume.
     assert torch.equal(*result["replicas"])
     assert torch.equal(*result["after_resume"])
@@ -129,7 +120,7 @@ def test_two_ranks_ddp_and_fsdp2_match_one_process_at_the_same_global_batch(two_
 
 @pytest.mark.slow
 def test_each_rank_resumes_its_own_rng_state(two_ranks):
-    run_dir, out = two_ranks["rng"], two_ranks["rng_out"]
+    run_dir, out = two_ranks["rng"] / "run", two_ranks["rng"] / "draws"
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]
     for r in ranks:
         assert r["resumed"] == r["after_save"]

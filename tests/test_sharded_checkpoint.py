@@ -8,8 +8,7 @@ import json
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
-from support import free_port, join_two_ranks
+from support import TINY_YAML
 
 from trainframe.config import load_config
 from trainframe.engine import checkpoint as ckpt
@@ -28,12 +27,11 @@ def _losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def _rank_main(rank, config, run_dir, port, out):
+def _sharded_ranks(world, directory):
     from pathlib import Path
 
-    world = join_two_ranks(rank, port)
+    config, run_dir, out = f"{directory}/config.yaml", Path(directory) / "run", f"{directory}/result.pt"
     plugins = load_plugins()
-    run_dir = Path(run_dir)
     async_saves = []
     original = dcp.async_save
     dcp.async_save = lambda *a, **k: async_saves.append(1) or original(*a, **k)
@@ -56,15 +54,17 @@ def _rank_main(rank, config, run_dir, port, out):
     if world.is_main:
         torch.save({"uninterrupted": uninterrupted, "resumed": _losses(run_dir), "path": str(path),
                     "step": step_resumed, "full": full, "async_saves": len(async_saves)}, out)
-    del trainer, resumed
-    distributed.shutdown(world)
+    dcp.async_save = original  # the session's later two-rank scenarios run in this process too
+
+
+# Run in the session's one two-rank spawn (the two_ranks fixture, conftest.py), in a directory of its own.
+TWO_RANKS = {"sharded": (_sharded_ranks, TINY_YAML)}
 
 
 @pytest.mark.slow
-def test_fsdp2_sharded_checkpoints_resume_exactly_and_read_in_one_process(tiny_config, tmp_path, capsys):
-    run_dir, out = tmp_path / "run", tmp_path / "result.pt"
-    mp.spawn(_rank_main, args=(str(tiny_config), str(run_dir), free_port(), str(out)), nprocs=2, join=True)
-    result = torch.load(out)
+def test_fsdp2_sharded_checkpoints_resume_exactly_and_read_in_one_process(two_ranks, tmp_path, capsys):
+    tiny_config, run_dir = two_ranks["sharded"] / "config.yaml", two_ranks["sharded"] / "run"
+    result = torch.load(two_ranks["sharded"] / "result.pt")
 
     # Mid-run saves went through dcp.async_save (steps 2 and 4, and best at each eval that improved).
     assert result["async_saves"] >= 2

@@ -5,11 +5,9 @@ import json
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from support import free_port, join_two_ranks
+from test_hybrid_controller import CONFIG
 
 from trainframe.config import load_config
-from trainframe.engine import distributed
 from trainframe.engine.build import build_trainer
 from trainframe.plugins import load_plugins
 
@@ -23,8 +21,8 @@ def _leaves(obj, path=""):
     return [(path, obj)]
 
 
-def _rank_main(rank, config, run_dir, port, out):
-    world = join_two_ranks(rank, port)
+def _hybrid_ranks(world, directory):
+    config, run_dir, out = f"{directory}/config.yaml", f"{directory}/run", f"{directory}/ranks.pt"
     plugins = load_plugins()
     trainer = build_trainer(load_config(config, ["trainer.max_steps=20"], plugins.registry), plugins, run_dir, world)
     trainer.fit()
@@ -37,20 +35,16 @@ def _rank_main(rank, config, run_dir, port, out):
     dist.all_gather_object(states, state)
     if world.is_main:
         torch.save({"replicas": replicas, "states": states}, out)
-    del trainer  # garbage before the group goes (shutdown collects it)
-    distributed.shutdown(world)
+
+
+# Run in the session's one two-rank spawn (the two_ranks fixture, tests/conftest.py), in a directory of its own.
+TWO_RANKS = {"hybrid": (_hybrid_ranks, CONFIG)}
 
 
 @pytest.mark.slow
-def test_ranks_agree_on_phases_and_weights(tmp_path):
-    # Imported here: the spawned ranks import this module, and must not need the test-suite's conftest.
-    from test_hybrid_controller import CONFIG
-
-    config = tmp_path / "hybrid.yaml"
-    config.write_text(CONFIG)
-    run_dir, out = tmp_path / "run", tmp_path / "ranks.pt"
-    mp.spawn(_rank_main, args=(str(config), str(run_dir), free_port(), str(out)), nprocs=2, join=True)
-    result = torch.load(out)
+def test_ranks_agree_on_phases_and_weights(two_ranks):
+    run_dir = two_ranks["hybrid"] / "run"
+    result = torch.load(two_ranks["hybrid"] / "ranks.pt")
     assert torch.equal(*result["replicas"])  # identical weights after predicted and corrected steps
     # identical controller state: phase machine, directions, corrector and dynamics model
     leaves = [_leaves(s) for s in result["states"]]
