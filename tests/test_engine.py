@@ -203,11 +203,16 @@ def _start(config, run_dir, *overrides):
                              *overrides], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+# outer-gated: checkpoints every 5 steps fall inside its 6-step blocks (anchor, momentum, ensemble)
+GATED_MID_BLOCK = "phases={name: outer-gated, every: 6, verify_batches: 1, explore: 2, hidden: 8}"
+
+
 @pytest.mark.slow
-def test_sigkill_and_resume_logs_the_same_losses(tiny_config, tmp_path):
+@pytest.mark.parametrize("phases", [[], [GATED_MID_BLOCK]], ids=["plain", "outer-gated"])
+def test_sigkill_and_resume_logs_the_same_losses(tiny_config, tmp_path, phases):
     # One thread in both processes: the reference runs in this one, whose thread count other tests set.
     overrides = ["trainer.max_steps=40", "trainer.save_every=5", "trainer.eval_every=10", "model.dropout=0.1",
-                 "trainer.cpu_threads=1"]
+                 "trainer.cpu_threads=1", *phases]
     reference = tmp_path / "reference"
     result = run_main("train", tiny_config, "--run-dir", reference, *overrides)
     assert result.returncode == 0, result.stderr
@@ -231,6 +236,9 @@ def test_sigkill_and_resume_logs_the_same_losses(tiny_config, tmp_path):
     val = lambda run: {r["step"]: r["val_loss"] for r in metrics(run) if "val_loss" in r}  # noqa: E731
     assert val(killed) == val(reference)
     assert sorted(r["step"] for r in metrics(killed)) == sorted(r["step"] for r in metrics(reference))
+    if phases:  # the outer steps after the resume are the reference's: same gains, same rollbacks
+        outer = lambda run: [(r["step"], r["outer_gain"]) for r in metrics(run) if "outer_gain" in r]  # noqa: E731
+        assert len(outer(reference)) == 6 and outer(killed) == outer(reference)
 
 
 @pytest.mark.slow
