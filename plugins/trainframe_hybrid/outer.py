@@ -12,9 +12,8 @@ inner optimizer (AdamW, Muon ...) keeps its state across blocks. This is DiLoCo 
 ("SNOO" in the literature): it skips no backward pass but makes each one worth more.
 
 ``outer-gated`` lets the dynamics ensemble choose the outer step size. At each block end it
-measures the loss at the inner result on a few batches of its own, drawn from the training stream
-at the start (not trained on before they are used; on data read for several epochs the same
-windows come back later, so they are no held-out split). The ensemble, fed the history of losses,
+measures the loss at the inner result on a few batches of its own: rows the dataset holds out of
+training at the start (``SupportsHoldOut``), so no step ever trains on them. The ensemble, fed the history of losses,
 displacement and momentum norms, predicts the gain of each candidate ``scale`` (the weights go to
 ``w + scale * (outer step - w)``), the residual corrector adds what similar past states got
 wrong, the best candidate is taken and verified on the same batches, and rolled back (to the
@@ -36,7 +35,9 @@ from pydantic import Field
 
 from trainframe.config import ComponentConfig
 from trainframe.engine import distributed
+from trainframe.errors import UserError
 from trainframe.phases import Phase, PhaseController, StepOutcome
+from trainframe.protocols import SupportsHoldOut
 from trainframe_hybrid.corrector import ResidualCorrector
 from trainframe_hybrid.dynamics import Dynamics
 
@@ -54,8 +55,8 @@ class OuterConfig(ComponentConfig):
 class GatedOuterConfig(OuterConfig):
     scales: list[float] = Field([0.5, 1.0, 1.5], min_length=1,
                                 description="candidate multiples of the outer step (beyond the inner result)")
-    verify_batches: int = Field(2, gt=0, description="batches of the verification set, drawn from the "
-                                "training stream at the start")
+    verify_batches: int = Field(2, gt=0, description="batches of the verification set, held out of the "
+                                "training data at the start")
     explore: int = Field(6, ge=0, description="first block ends try the scales in turn, to seed the ensemble")
     ensemble: int = Field(3, gt=0, description="members of the dynamics ensemble")
     hidden: int = Field(32, gt=0, description="GRU state size of each dynamics member")
@@ -174,10 +175,13 @@ class GatedOuterController(OuterController):
 
     def start(self, trainer) -> None:
         super().start(trainer)
-        if self.verify is None:  # drawn from the training stream, so its first epoch does not train on them
+        if self.verify is None:
+            if not isinstance(trainer.dataset, SupportsHoldOut):
+                raise UserError(f"phases outer-gated: the dataset ({type(trainer.dataset).__name__}) cannot hold rows "
+                                "out of training (no hold_out), and verification needs rows training never reads")
             size = trainer.config.trainer.batch_size
-            self.verify = [tuple(t.clone() for t in trainer.dataset.next_batch(size))
-                           for _ in range(self.cfg.verify_batches)]
+            rows = trainer.dataset.hold_out(self.cfg.verify_batches * size)
+            self.verify = [tuple(t[i: i + size].clone() for t in rows) for i in range(0, len(rows[0]), size)]
 
     def _verification_loss(self, trainer) -> torch.Tensor:
         trainer.model.eval()

@@ -78,6 +78,14 @@ class MixtureWindows:
                 whole[rows] = t
         return out
 
+    def hold_out(self, rows: int) -> tuple[torch.Tensor, ...]:
+        """``SupportsHoldOut``: the rows shared among the sources by a seeded weighted draw, each
+        source holding out its share (its state records it)."""
+        shares = np.bincount(np.random.default_rng([self.seed, 0x686F6C64]).choice(len(self.p), size=rows, p=self.p),
+                             minlength=len(self.p))
+        parts = [src.hold_out(int(n)) for src, n in zip(self.sources, shares)]
+        return tuple(torch.cat(ts) for ts in zip(*parts))
+
     def val_batches(self, batch_size: int, max_batches: int):
         """A fixed weighted interleaving of the sources' validation windows (the same every call)."""
         vals = [iter(src.val_batches(1, 1 << 30)) for src in self.sources]

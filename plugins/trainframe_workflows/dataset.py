@@ -246,9 +246,27 @@ class WorkflowWindows:
         self.val_windows = windows[np.random.default_rng(0).permutation(len(windows))]
         self.epoch, self.index = 0, 0
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self.held, self.held_windows = 0, np.zeros((0, 3), np.int64)  # rows per rank set aside by hold_out
         if len(self._epoch(0)[1]) < 1:
             raise UserError(f"data.path: {cfg.label}: no training windows for rank {rank} of {world_size} "
                             f"({len(train)} training workflows)")
+
+    def hold_out(self, rows: int) -> tuple[torch.Tensor, ...]:
+        """Sets whole training workflows aside for good (``SupportsHoldOut``), in a seeded order until
+        their windows give ``rows`` per rank; returns this rank's, as plain rows like validation's."""
+        if not self.held and rows:
+            need = rows * self.world_size
+            order = self.train_docs[np.random.default_rng([self.seed, 0x686F6C64]).permutation(len(self.train_docs))]
+            counts = np.cumsum([len(self._windows(order[i: i + 1], 0)) for i in range(len(order))])
+            taken = int(np.searchsorted(counts, need)) + 1  # the fewest documents with enough windows
+            if taken >= len(order):
+                raise UserError(f"data.path: {self.cfg.label}: {len(order)} training workflows: too few to hold "
+                                f"{need} windows out for verification")
+            self.held_windows = self._windows(order[:taken], 0)[:need]
+            self.train_docs, self.held, self._epoch_cache = np.sort(order[taken:]), rows, None
+        elif self.held != rows:
+            raise ValueError(f"hold_out({rows}): {self.held} rows per rank are held out already")
+        return self._stack([self.row(w, None) for w in self.held_windows[self.rank:: self.world_size]])
 
     def _windows(self, docs: np.ndarray, offset: int) -> np.ndarray:
         """(doc, start, end) rows of one epoch's windows over ``docs``."""
@@ -316,9 +334,14 @@ class WorkflowWindows:
             yield self._stack([self.row(w, None) for w in val[b * batch_size: (b + 1) * batch_size]])
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        state = {"epoch": self.epoch, "index": self.index}
+        if self.held:
+            state["held"] = self.held
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("held"):
+            self.hold_out(int(state["held"]))
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 

@@ -17,7 +17,7 @@ hookimpl = pluggy.HookimplMarker("trainframe")
 _PROTOCOLS = (
     "Tokenizer", "SupportsFingerprint", "SupportsSave", "SupportsHfTokenizer", "SupportsAllowedNext", "SupportsClosingCost",
     "SupportsBudgetLimited", "SupportsDecodeFile", "SupportsCompleteTyped", "SupportsInfill",
-    "Dataset", "HasCharsPerToken",
+    "Dataset", "HasCharsPerToken", "SupportsHoldOut",
     "Model", "SupportsFlopsPerToken", "SupportsGenerate", "SupportsSummary", "SupportsTrainingMemory", "HasBlocks",
     "Controller",
 )

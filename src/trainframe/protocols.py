@@ -126,6 +126,19 @@ class HasCharsPerToken(Protocol):
     chars_per_token: float
 
 
+@runtime_checkable
+class SupportsHoldOut(Protocol):
+    """Rows of the training data set aside for good: a verification set training never reads.
+
+    ``hold_out(rows)`` removes ``rows`` rows per rank from every rank's training stream (a seeded
+    pick: the same for the same data, seed and ``rows``) and returns this rank's as one batch, in
+    the form of its validation batches. A dataset holds out once; the number held is part of its
+    state, so a resumed run reads the same stream. ``Trainer.fit`` calls controllers' ``start``
+    before the first batch is drawn, so nothing held out there was ever trained on."""
+
+    def hold_out(self, rows: int) -> tuple[torch.Tensor, ...]: ...
+
+
 # ------------------------------------------------------------------------------------- model
 
 

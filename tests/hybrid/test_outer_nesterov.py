@@ -10,6 +10,7 @@ from support import SHAKESPEARE
 
 from trainframe.config import load_config
 from trainframe.engine.build import build_trainer
+from trainframe.errors import UserError
 from trainframe.plugins import load_plugins
 
 CONFIG = f"""
@@ -127,11 +128,20 @@ def test_gated_rollback_restores_the_exact_inner_result(plugins, config, tmp_pat
     assert torch.equal(torch.cat([a.flatten() for a in c.anchor]), flat(t))
 
 
-def test_gated_verification_batches_are_drawn_once(plugins, config, tmp_path):
-    t = make(plugins, config, tmp_path / "v", *GATED)
+def test_gated_verification_rows_are_held_out_of_training(plugins, config, tmp_path):
+    small = tmp_path / "small.txt"  # 44 windows of 32 bytes: 40 to train on, so 18 steps of 4 read 2 epochs
+    small.write_text(SHAKESPEARE.read_text()[: 44 * 32 + 1])
+    t = make(plugins, config, tmp_path / "v", *GATED, f"data.path={small}")
+    trained = []
+    next_batch = t.dataset.next_batch
+    t.dataset.next_batch = lambda size: trained.append(next_batch(size)) or trained[-1]
     t.fit()
     c = t.controller
     assert len(c.verify) == 2 and c.outer_steps == 4
+    assert t.dataset.state_dict()["held"] == 2 * 4  # two batches of 4 rows, in the checkpointed position
+    verify = {tuple(r) for x, _ in c.verify for r in x.tolist()}
+    seen = {tuple(r) for x, _ in trained for r in x.tolist()}
+    assert len(verify) == 8 and verify.isdisjoint(seen) and len(seen) == 40 - 8  # every other window, twice
     assert [h["scale"] for h in c.history[:2]] == [0.5, 1.0]  # explore: the scales in turn
     rows = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["outer_gain"]) for r in rows if "outer_gain" in r)
@@ -165,3 +175,16 @@ def test_resume_mid_block_gives_the_same_losses(plugins, config, tmp_path, overr
     assert resumed == {s: v for s, v in losses(tmp_path / "a").items() if s > 6}
     for p, q in zip(a.model.parameters(), c.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_gated_needs_a_dataset_that_can_hold_rows_out(plugins, config, tmp_path):
+    t = make(plugins, config, tmp_path / "n", *GATED)
+
+    class Plain:  # the Dataset protocol and nothing more
+        def __init__(self, inner):
+            self.next_batch, self.val_batches = inner.next_batch, inner.val_batches
+            self.state_dict, self.load_state_dict = inner.state_dict, inner.load_state_dict
+
+    t.dataset = Plain(t.dataset)
+    with pytest.raises(UserError, match="outer-gated: the dataset \\(Plain\\) cannot hold rows out of training"):
+        t.fit()

@@ -81,3 +81,18 @@ def test_train_and_resume_from_prepared_shards(tmp_path, bpe_path):
     resumed, uninterrupted = losses(run), losses(straight)
     assert {s: resumed[s] for s in uninterrupted} == uninterrupted  # steps 10 and 12 come after the resume
     assert any("val_bpc" in r for r in rows(straight))
+
+
+def test_hold_out_shares_the_rows_among_the_sources_and_resumes(tmp_path, bpe_path):
+    cfg, tok = _mixture(tmp_path, bpe_path)
+    data = build_text(cfg.component("data")[1], tokenizer=tok, context=32, seed=5)
+    held = data.hold_out(12)
+    assert held[0].shape == (12, 32)
+    shares = [s.state_dict().get("held", 0) for s in data.sources]
+    assert sum(shares) == 12 and sum(s > 0 for s in shares) >= 2  # weighted: the sources each hold some
+    seen = {tuple(r) for _ in range(40) for r in data.next_batch(64)[0].tolist()}
+    assert seen.isdisjoint({tuple(r) for r in held[0].tolist()})
+    fresh = build_text(cfg.component("data")[1], tokenizer=tok, context=32, seed=5)
+    fresh.load_state_dict(data.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fresh.hold_out(12), held))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.next_batch(8), data.next_batch(8)))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from trainframe_workflows.corpus import repo_of
 from trainframe_workflows.dataset import WorkflowsConfig, build_workflows, split_docs
 
@@ -135,3 +136,24 @@ def test_config_errors_name_the_key(tmp_path, capsys):
                    "data: {name: workflows, path: x.jsonl, prefix: everything}\n")
     assert main(["config", "validate", str(cfg)]) == 2
     assert "data.prefix" in capsys.readouterr().err
+
+
+def test_hold_out_sets_whole_workflows_aside_and_resumes(tok, tmp_path):
+    root = write_corpus(tmp_path / "corpus", n=8)
+    data = build(tok, root, tmp_path, context=16, val_ratio=0.2)
+    before = set(data.train_docs.tolist())
+    held = data.hold_out(3)
+    assert held[0].shape == (3, 16)
+    gone = before - set(data.train_docs.tolist())
+    assert gone and set(data.train_docs.tolist()) < before  # whole workflows left training
+    assert {int(d) for d in data.held_windows[:, 0]} <= gone
+    for epoch in range(3):  # no training window, in any epoch, comes from a workflow held out
+        windows, order = data._epoch(epoch)
+        assert not {int(d) for d in windows[order, 0]} & gone
+    for _ in range(4):
+        data.next_batch(4)
+    fresh = build(tok, root, tmp_path, context=16, val_ratio=0.2)
+    fresh.load_state_dict(data.state_dict())  # a resumed run holds the same workflows out
+    assert all(torch.equal(a, b) for a, b in zip(fresh.hold_out(3), held))
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(fresh.next_batch(4), data.next_batch(4)))

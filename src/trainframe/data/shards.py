@@ -135,6 +135,21 @@ class TokenWindows:
             raise UserError(f"dataset has {total} tokens: too few for one training window of {context + 1}")
         self.epoch, self.index = 0, 0
         self._perm = None
+        self.held = np.zeros((0, 2), np.int64)  # training windows set aside by hold_out
+
+    def hold_out(self, rows: int) -> tuple[torch.Tensor, ...]:
+        """Sets ``rows`` training windows per rank aside for good (``SupportsHoldOut``); returns this
+        rank's. The pick is seeded by the data seed alone, so every rank removes the same."""
+        if len(self.held) == 0 and rows:
+            n = rows * self.world_size
+            if len(self.train) - n < self.world_size:
+                raise UserError(f"data: {len(self.train)} training windows: too few to hold {n} out for verification")
+            pick = np.random.default_rng([self.seed, 0x686F6C64]).choice(len(self.train), n, replace=False)
+            self.held = self.train[np.sort(pick)]
+            self.train, self._perm = np.delete(self.train, pick, 0), None
+        elif len(self.held) != rows * self.world_size:
+            raise ValueError(f"hold_out({rows}): {len(self.held) // self.world_size} rows per rank are held out already")
+        return self._gather(self.held[self.rank:: self.world_size])
 
     def _permutation(self) -> np.ndarray:
         if self._perm is None:
@@ -168,7 +183,12 @@ class TokenWindows:
             yield self._gather(val[b * batch_size: (b + 1) * batch_size])
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        state = {"epoch": self.epoch, "index": self.index}
+        if len(self.held):
+            state["held"] = len(self.held) // self.world_size
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("held"):
+            self.hold_out(int(state["held"]))
         self.epoch, self.index, self._perm = int(state["epoch"]), int(state["index"]), None
