@@ -13,13 +13,14 @@ inner optimizer (AdamW, Muon ...) keeps its state across blocks. This is DiLoCo 
 
 ``outer-gated`` lets the dynamics ensemble choose the outer step size. At each block end it
 measures the loss at the inner result on a few batches of its own: rows the dataset holds out of
-training at the start (``SupportsHoldOut``), so no step ever trains on them. The ensemble, fed the history of losses,
-displacement and momentum norms, predicts the gain of each candidate ``scale`` (the weights go to
-``w + scale * (outer step - w)``), the residual corrector adds what similar past states got
-wrong, the best candidate is taken and verified on the same batches, and rolled back (to the
-exact inner result) when it made the loss worse. The observed gain trains the ensemble. With one
-candidate (``scales: [1.0]``) there is nothing to choose: no ensemble or corrector is built, and
-what is left, outer Nesterov with verification and rollback, is the control the ensemble must beat.
+training at the start (``SupportsHoldOut``), so no step ever trains on them. The ensemble, fed the
+history of losses, displacement and momentum norms, predicts the gain of each candidate ``scale``
+(the weights go to ``w + scale * (outer step - w)``), the residual corrector adds what similar
+past states got wrong, the best candidate is taken and verified on the same batches, and rolled
+back (to the exact inner result) when it made the loss worse. The observed gain trains the
+ensemble. With one candidate (``scales: [1.0]``) there is nothing to choose: no ensemble or
+corrector is built, and what is left, outer Nesterov with verification and rollback, is the
+control the ensemble must beat.
 
 Both keep all their per-step work on the device: no host sync and no weight copy between block
 ends. The engine's deferred host sync stays on (``wants_host_values`` is false).
