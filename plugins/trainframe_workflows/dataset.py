@@ -257,12 +257,13 @@ class WorkflowWindows:
         if not self.held and rows:
             need = rows * self.world_size
             order = self.train_docs[np.random.default_rng([self.seed, 0x686F6C64]).permutation(len(self.train_docs))]
-            counts = np.cumsum([len(self._windows(order[i: i + 1], 0)) for i in range(len(order))])
-            taken = int(np.searchsorted(counts, need)) + 1  # the fewest documents with enough windows
+            held = self._windows(order, 0)[:need]  # rows come grouped by document, in ``order``
+            # the fewest documents with enough windows: up to the one the last held window is from
+            taken = int(np.flatnonzero(order == held[-1, 0])[0]) + 1 if len(held) == need else len(order)
             if taken >= len(order):
                 raise UserError(f"data.path: {self.cfg.label}: {len(order)} training workflows: too few to hold "
                                 f"{need} windows out for verification")
-            self.held_windows = self._windows(order[:taken], 0)[:need]
+            self.held_windows = held
             self.train_docs, self.held, self._epoch_cache = np.sort(order[taken:]), rows, None
         elif self.held != rows:
             raise ValueError(f"hold_out({rows}): {self.held} rows per rank are held out already")
